@@ -1,0 +1,5 @@
+import sys
+
+from samullm.cli import main
+
+sys.exit(main())

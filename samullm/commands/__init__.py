@@ -1,0 +1,1 @@
+"""One module per `samullm` subcommand; each defines `register(subparsers)`."""
