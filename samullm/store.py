@@ -1,0 +1,478 @@
+"""The runtime's record: application runs, plans, stages, node runs, rows done, engine events and
+observed statistics, in SQLAlchemy tables (SQLite by default, any SQLAlchemy URL such as Postgres).
+
+Result texts live in the node's result file (see `samullm.results`); the store keeps which rows
+are done and their token counts, so that a restarted node, runner or Airflow task can tell what
+is left without reading result files, and the UI can show progress.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+DEFAULT_URL_ENV = "SAMULLM_STORE_URL"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class AppRun(Base):
+    """One execution of an application (an Airflow DAG run, or one `samullm run`)."""
+
+    __tablename__ = "samullm_app_run"
+    id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    name: Mapped[str] = mapped_column(String(250))
+    graph: Mapped[dict[str, Any]] = mapped_column(JSON)
+    node_spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20), default="running")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PlanRecord(Base):
+    """A plan (the planner's schedule as JSON) made at the start or at a re-plan."""
+
+    __tablename__ = "samullm_plan"
+    __table_args__ = (UniqueConstraint("app_run_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_run_id: Mapped[str] = mapped_column(ForeignKey("samullm_app_run.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(250))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    planning_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    schedule: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class StageRecord(Base):
+    """A stage as it actually ran: which node runs overlapped, from when to when."""
+
+    __tablename__ = "samullm_stage"
+    __table_args__ = (UniqueConstraint("app_run_id", "index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_run_id: Mapped[str] = mapped_column(ForeignKey("samullm_app_run.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    plan_version: Mapped[int] = mapped_column(Integer)
+    nodes: Mapped[list[Any]] = mapped_column(JSON)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class NodeRun(Base):
+    """One engine worker's life for one node: its plan, devices, progress and outcome."""
+
+    __tablename__ = "samullm_node_run"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_run_id: Mapped[str] = mapped_column(ForeignKey("samullm_app_run.id", ondelete="CASCADE"))
+    node: Mapped[str] = mapped_column(String(250))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(20), default="starting")
+    tp: Mapped[int] = mapped_column(Integer, default=1)
+    dp: Mapped[int] = mapped_column(Integer, default=1)
+    device_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rows_total: Mapped[int] = mapped_column(Integer, default=0)
+    rows_done: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    load_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    loaded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RowResult(Base):
+    """A row finished by a node. The primary key makes every row count once."""
+
+    __tablename__ = "samullm_row_result"
+    app_run_id: Mapped[str] = mapped_column(
+        ForeignKey("samullm_app_run.id", ondelete="CASCADE"), primary_key=True
+    )
+    node: Mapped[str] = mapped_column(String(250), primary_key=True)
+    row_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    node_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    finish_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EngineEvent(Base):
+    """What an engine worker reported (started, loaded, progress, finished, error, stopped)."""
+
+    __tablename__ = "samullm_engine_event"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_run_id: Mapped[int] = mapped_column(ForeignKey("samullm_node_run.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ObservedStat(Base):
+    """A statistic this installation observed, fed back into later estimates.
+
+    kind "output_lengths": payload {"lengths": [...], "censored": [...]} for `model`.
+    kind "latency": payload {"iterations": [[batch fields..., seconds], ...]} for (model, tp, device).
+    """
+
+    __tablename__ = "samullm_observed_stat"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(500), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    device: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    tp: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    app_run_id: Mapped[str | None] = mapped_column(String(250), nullable=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def default_store_url(home: str | os.PathLike[str] | None = None) -> str:
+    """`SAMULLM_STORE_URL` if set, else a SQLite file under `home` (default ./.samullm)."""
+    url = os.environ.get(DEFAULT_URL_ENV)
+    if url:
+        return url
+    base = Path(home or os.environ.get("SAMULLM_HOME", ".samullm")).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{base / 'store.db'}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the UI read while the runner writes; the busy timeout rides out short write locks.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    """Thin, typed access to the tables; every method is its own transaction."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_store_url()
+        self.engine: Engine = create_engine(self.url, future=True, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- application runs -------------------------------------------------------------------
+
+    def register_app_run(
+        self, app_run_id: str, name: str, graph: dict[str, Any], node_spec: dict[str, Any]
+    ) -> tuple[AppRun, bool]:
+        """Create the run if new; return it and whether it was created (idempotent)."""
+        with self.session() as s:
+            existing = s.get(AppRun, app_run_id)
+            if existing is not None:
+                return existing, False
+            run = AppRun(id=app_run_id, name=name, graph=graph, node_spec=node_spec)
+            s.add(run)
+            return run, True
+
+    def get_app_run(self, app_run_id: str) -> AppRun | None:
+        with self.session() as s:
+            return s.get(AppRun, app_run_id)
+
+    def app_runs(self, states: Sequence[str] | None = None) -> list[AppRun]:
+        with self.session() as s:
+            query = select(AppRun).order_by(AppRun.created_at)
+            if states:
+                query = query.where(AppRun.state.in_(states))
+            return list(s.scalars(query))
+
+    def set_app_state(self, app_run_id: str, state: str, error: str | None = None) -> None:
+        with self.session() as s:
+            run = s.get(AppRun, app_run_id)
+            if run is None:
+                raise KeyError(app_run_id)
+            run.state = state
+            run.error = error
+            if state in ("success", "failed", "cancelled"):
+                run.finished_at = utcnow()
+
+    # -- plans and stages -------------------------------------------------------------------
+
+    def add_plan(
+        self, app_run_id: str, schedule: dict[str, Any], reason: str, planning_seconds: float
+    ) -> int:
+        """Store a new plan version and return its number (1 for the first)."""
+        with self.session() as s:
+            last = s.scalar(
+                select(func.max(PlanRecord.version)).where(PlanRecord.app_run_id == app_run_id)
+            )
+            version = (last or 0) + 1
+            s.add(
+                PlanRecord(
+                    app_run_id=app_run_id,
+                    version=version,
+                    reason=reason,
+                    schedule=schedule,
+                    planning_seconds=planning_seconds,
+                )
+            )
+            return version
+
+    def plans(self, app_run_id: str) -> list[PlanRecord]:
+        with self.session() as s:
+            query = select(PlanRecord).where(PlanRecord.app_run_id == app_run_id)
+            return list(s.scalars(query.order_by(PlanRecord.version)))
+
+    def open_stage(self, app_run_id: str, plan_version: int, nodes: list[Any]) -> int:
+        """Close the current stage (if any) and open the next; return its index."""
+        with self.session() as s:
+            current = s.scalar(
+                select(StageRecord)
+                .where(StageRecord.app_run_id == app_run_id, StageRecord.ended_at.is_(None))
+                .order_by(StageRecord.index.desc())
+            )
+            now = utcnow()
+            if current is not None:
+                current.ended_at = now
+            last = s.scalar(
+                select(func.max(StageRecord.index)).where(StageRecord.app_run_id == app_run_id)
+            )
+            index = 0 if last is None else last + 1
+            s.add(
+                StageRecord(
+                    app_run_id=app_run_id,
+                    index=index,
+                    plan_version=plan_version,
+                    nodes=nodes,
+                    started_at=now,
+                )
+            )
+            return index
+
+    def close_stages(self, app_run_id: str) -> None:
+        with self.session() as s:
+            for stage in s.scalars(
+                select(StageRecord).where(
+                    StageRecord.app_run_id == app_run_id, StageRecord.ended_at.is_(None)
+                )
+            ):
+                stage.ended_at = utcnow()
+
+    def stages(self, app_run_id: str) -> list[StageRecord]:
+        with self.session() as s:
+            query = select(StageRecord).where(StageRecord.app_run_id == app_run_id)
+            return list(s.scalars(query.order_by(StageRecord.index)))
+
+    # -- node runs and events ---------------------------------------------------------------
+
+    def start_node_run(
+        self,
+        app_run_id: str,
+        node: str,
+        tp: int,
+        dp: int,
+        device_ids: Sequence[int],
+        rows_total: int,
+        rows_done: int,
+    ) -> NodeRun:
+        with self.session() as s:
+            attempts = s.scalar(
+                select(func.count())
+                .select_from(NodeRun)
+                .where(NodeRun.app_run_id == app_run_id, NodeRun.node == node)
+            )
+            run = NodeRun(
+                app_run_id=app_run_id,
+                node=node,
+                attempt=(attempts or 0) + 1,
+                tp=tp,
+                dp=dp,
+                device_ids=list(device_ids),
+                rows_total=rows_total,
+                rows_done=rows_done,
+            )
+            s.add(run)
+            s.flush()
+            return run
+
+    def update_node_run(self, node_run_id: int, **fields: Any) -> None:
+        with self.session() as s:
+            run = s.get(NodeRun, node_run_id)
+            if run is None:
+                raise KeyError(node_run_id)
+            for key, value in fields.items():
+                setattr(run, key, value)
+
+    def node_runs(self, app_run_id: str, node: str | None = None) -> list[NodeRun]:
+        with self.session() as s:
+            query = select(NodeRun).where(NodeRun.app_run_id == app_run_id)
+            if node is not None:
+                query = query.where(NodeRun.node == node)
+            return list(s.scalars(query.order_by(NodeRun.id)))
+
+    def add_event(self, node_run_id: int, kind: str, payload: dict[str, Any] | None = None) -> None:
+        with self.session() as s:
+            s.add(EngineEvent(node_run_id=node_run_id, kind=kind, payload=payload or {}))
+
+    def events(self, node_run_id: int) -> list[EngineEvent]:
+        with self.session() as s:
+            query = select(EngineEvent).where(EngineEvent.node_run_id == node_run_id)
+            return list(s.scalars(query.order_by(EngineEvent.id)))
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def record_rows(
+        self, app_run_id: str, node: str, rows: Iterable[dict[str, Any]], node_run_id: int | None
+    ) -> int:
+        """Record finished rows; a row already recorded is left as it is. Returns rows added."""
+        values = [
+            {
+                "app_run_id": app_run_id,
+                "node": node,
+                "row_id": str(row["row_id"]),
+                "node_run_id": node_run_id,
+                "prompt_tokens": int(row.get("prompt_tokens") or 0),
+                "output_tokens": int(row.get("output_tokens") or 0),
+                "finish_reason": row.get("finish_reason"),
+                "error": row.get("error"),
+                "finished_at": utcnow(),
+            }
+            for row in rows
+        ]
+        if not values:
+            return 0
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            insert = sqlite.insert(RowResult).on_conflict_do_nothing()
+        elif dialect == "postgresql":
+            insert = postgresql.insert(RowResult).on_conflict_do_nothing()
+        else:  # portable fallback: skip the ones already there
+            with self.session() as s:
+                known = self.rows_done_in(s, app_run_id, node)
+                fresh = [v for v in values if v["row_id"] not in known]
+                s.add_all(RowResult(**v) for v in fresh)
+                return len(fresh)
+        with self.session() as s:
+            before = self._row_count(s, app_run_id, node)
+            s.connection().execute(insert, values)
+            return self._row_count(s, app_run_id, node) - before
+
+    @staticmethod
+    def _row_count(s: Session, app_run_id: str, node: str) -> int:
+        query = select(func.count()).where(
+            RowResult.app_run_id == app_run_id, RowResult.node == node
+        )
+        return int(s.scalar(query) or 0)
+
+    @staticmethod
+    def rows_done_in(s: Session, app_run_id: str, node: str) -> set[str]:
+        query = select(RowResult.row_id).where(
+            RowResult.app_run_id == app_run_id, RowResult.node == node
+        )
+        return set(s.scalars(query))
+
+    def rows_done(self, app_run_id: str, node: str) -> set[str]:
+        with self.session() as s:
+            return self.rows_done_in(s, app_run_id, node)
+
+    def row_counts(self, app_run_id: str) -> dict[str, dict[str, int]]:
+        """Per node: rows done, rows failed, prompt and output tokens."""
+        with self.session() as s:
+            query = (
+                select(
+                    RowResult.node,
+                    func.count(),
+                    func.count(RowResult.error),
+                    func.coalesce(func.sum(RowResult.prompt_tokens), 0),
+                    func.coalesce(func.sum(RowResult.output_tokens), 0),
+                )
+                .where(RowResult.app_run_id == app_run_id)
+                .group_by(RowResult.node)
+            )
+            return {
+                node: {
+                    "rows": int(rows),
+                    "failed_rows": int(failed),
+                    "prompt_tokens": int(ptoks),
+                    "output_tokens": int(otoks),
+                }
+                for node, rows, failed, ptoks, otoks in s.execute(query)
+            }
+
+    def output_lengths(self, app_run_id: str, node: str) -> list[tuple[int, str | None]]:
+        """(output tokens, finish reason) of every successful row of a node."""
+        with self.session() as s:
+            query = select(RowResult.output_tokens, RowResult.finish_reason).where(
+                RowResult.app_run_id == app_run_id,
+                RowResult.node == node,
+                RowResult.error.is_(None),
+            )
+            return [(int(n), reason) for n, reason in s.execute(query)]
+
+    # -- observed statistics ----------------------------------------------------------------
+
+    def add_observation(
+        self,
+        model: str,
+        kind: str,
+        payload: dict[str, Any],
+        device: str | None = None,
+        tp: int | None = None,
+        app_run_id: str | None = None,
+    ) -> None:
+        with self.session() as s:
+            s.add(
+                ObservedStat(
+                    model=model,
+                    kind=kind,
+                    payload=payload,
+                    device=device,
+                    tp=tp,
+                    app_run_id=app_run_id,
+                )
+            )
+
+    def observations(
+        self, model: str, kind: str, device: str | None = None, tp: int | None = None
+    ) -> list[ObservedStat]:
+        with self.session() as s:
+            query = select(ObservedStat).where(
+                ObservedStat.model == model, ObservedStat.kind == kind
+            )
+            if device is not None:
+                query = query.where(ObservedStat.device == device)
+            if tp is not None:
+                query = query.where(ObservedStat.tp == tp)
+            return list(s.scalars(query.order_by(ObservedStat.id)))
