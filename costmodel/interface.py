@@ -22,6 +22,8 @@ class Batch:
       the query-key pairs their attention touches (causal halving is the model's business).
     decode_seqs / decode_context: sequences generating one token each, and the sum of their
       context lengths (KV tokens read).
+    decode_max_context: the longest of those contexts, when known (0 = unknown, taken as the
+      mean). Some attention kernels wait on the longest sequence; models may ignore it.
     """
 
     prefill_seqs: int = 0
@@ -29,6 +31,7 @@ class Batch:
     prefill_attention: float = 0.0
     decode_seqs: int = 0
     decode_context: int = 0
+    decode_max_context: int = 0
 
     @property
     def num_tokens(self) -> int:
