@@ -1,0 +1,161 @@
+"""List scheduling with chosen plans, improved by local search: a seed for the stage search.
+
+Stage-by-stage greedy choices rarely see the whole packing problem of an ensemble: eight models
+of unequal work on eight devices finish together only if the long ones get more devices from
+the start and the short ones share devices one after another, each loading once. This module
+looks for that directly: every node gets a fixed plan and a priority; a list scheduler starts
+runnable nodes in priority order as soon as their plan's devices are free (never moving a
+running node, so no work is lost and every node loads once); a local search then widens the
+plan of one node at a time or moves it earlier in the order, keeping any change that finishes
+sooner on the cost model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from samullm.baselines import run_policy
+from samullm.errors import UserInputError
+from samullm.estimates import PlannedStage
+from samullm.plans import ExecPlan, place
+from samullm.timeline import Choice, InvalidStage, Keep, Launch, Timeline
+
+
+SMALL = 6  # up to this many nodes, the local search tries every earlier position for a node
+
+
+def _run_time(tl: Timeline, name: str, plan: ExecPlan) -> float:
+    _, rel = tl.launch_times(name, plan, estimate=True)
+    load = 0.0 if tl.warm_for(name, plan) else tl.coster.load_seconds(name, plan)
+    return load + float(rel.max(initial=0.0))
+
+
+def fastest_with(tl: Timeline, name: str, devices: int) -> ExecPlan | None:
+    plans = [p for p in tl.coster.plans(name) if p.num_devices == devices]
+    return min(plans, key=lambda p: _run_time(tl, name, p)) if plans else None
+
+
+@dataclass(frozen=True)
+class ListPolicy:
+    """Start runnable nodes in `order` on their `plans` whenever the devices are free."""
+
+    plans: dict[str, ExecPlan]
+    order: tuple[str, ...]
+
+    def __call__(self, tl: Timeline) -> dict[str, Choice]:
+        choice: dict[str, Choice] = {n: Keep() for n in tl.running()}
+        launches: dict[str, ExecPlan] = {}
+        busy = tl.busy_devices(list(choice))
+        runnable = set(tl.runnable())
+        engine_free_at = {}
+        for n in tl.running():
+            key = tl.coster.engine_key(n)
+            engine_free_at[key] = min(engine_free_at.get(key, float("inf")), tl.nodes[n].run.end)
+        for name in self.order:
+            if name not in runnable or tl.nodes[name].run is not None:
+                continue
+            key_free = engine_free_at.get(tl.coster.engine_key(name))
+            if key_free is not None and key_free <= tl.time + tl.coster.load_seconds(name, self.plans[name]):
+                continue  # an engine of its model frees up before it could load its own: wait for it
+            plan = self.plans[name]
+            trial = {**launches, name: plan}
+            if place(tl.coster.topology, list(trial.items()), busy=busy) is not None:
+                launches = trial
+        if not choice and not launches:
+            # Nothing fits as planned (devices fragmented): start the first runnable node on
+            # the largest of its plans that fits.
+            for name in self.order:
+                if name in runnable:
+                    for plan in sorted(tl.coster.plans(name), key=lambda p: -p.num_devices):
+                        if place(tl.coster.topology, [(name, plan)], busy=busy) is not None:
+                            launches = {name: plan}
+                            break
+                if launches:
+                    break
+        if not choice and not launches:
+            raise UserInputError("no runnable node fits on the free devices")
+        launches = self._widen(tl, launches, busy, runnable)
+        choice.update({n: Launch(p) for n, p in launches.items()})
+        return choice
+
+    def _widen(self, tl: Timeline, launches: dict[str, ExecPlan], busy: set[int], runnable: set[str]):
+        """Devices left idle with no other node waiting for them go to the nodes starting now
+        (the one predicted to finish last first), when a wider plan finishes it sooner."""
+        waiting = [n for n in runnable if tl.nodes[n].run is None and n not in launches]
+        if waiting or not launches:
+            return launches
+        num = tl.coster.topology.num_devices
+        while True:
+            free = num - len(busy) - sum(p.num_devices for p in launches.values())
+            if free <= 0:
+                return launches
+            ends = {n: _run_time(tl, n, p) for n, p in launches.items()}
+            last = max(ends, key=lambda n: (ends[n], n))
+            have = launches[last].num_devices
+            better = [p for p in tl.coster.plans(last) if have < p.num_devices <= have + free]
+            best = min(better, key=lambda p: _run_time(tl, last, p), default=None)
+            if best is None or _run_time(tl, last, best) >= ends[last]:
+                return launches
+            trial = {**launches, last: best}
+            if place(tl.coster.topology, list(trial.items()), busy=busy) is None:
+                return launches
+            launches = trial
+
+
+def _evaluate(start: Callable[[], Timeline], policy: ListPolicy) -> tuple[float, list[PlannedStage]]:
+    tl = start()
+    stages = run_policy(tl, policy)
+    return tl.time, stages
+
+
+def improve(start: Callable[[], Timeline], max_rounds: int = 4) -> tuple[float, list[PlannedStage], ListPolicy] | None:
+    """Local search over plans and order; returns (makespan, stages, policy) of the best found."""
+    root = start()
+    names = [n for n, p in root.nodes.items() if not p.finished and p.run is None]
+    if not names:
+        return None
+    plans = {}
+    for n in names:
+        least = min(p.num_devices for p in root.coster.plans(n))
+        plans[n] = fastest_with(root, n, least)
+    own = {n: _run_time(root, n, plans[n]) * plans[n].num_devices for n in names}
+    # Priority: the longest chain of work below a node first (critical path), then its own work.
+    below: dict[str, float] = {}
+    for n in reversed(root.coster.nodes()):
+        down = [below[d] for d in root.coster.nodes() if n in root.coster.upstream(d) and d in below]
+        below[n] = own.get(n, 0.0) + max(down, default=0.0)
+    order = tuple(sorted(names, key=lambda n: -below[n]))
+    try:
+        best = ListPolicy(plans, order)
+        best_time, best_stages = _evaluate(start, best)
+    except (UserInputError, InvalidStage):
+        return None
+    num = root.coster.topology.num_devices
+    for _ in range(max_rounds):
+        improved = False
+        for n in names:
+            moves = []
+            have = best.plans[n].num_devices
+            for d in range(have + 1, num + 1):
+                wider = fastest_with(root, n, d)
+                if wider is not None:
+                    moves.append(ListPolicy({**best.plans, n: wider}, best.order))
+                    break
+            i = best.order.index(n)
+            # Move the node earlier: every position for small applications, one step otherwise.
+            targets = range(i) if len(names) <= SMALL else [i - 1] if i > 0 else []
+            for j in targets:
+                order = list(best.order)
+                order.insert(j, order.pop(i))
+                moves.append(ListPolicy(best.plans, tuple(order)))
+            for cand in moves:
+                try:
+                    t, stages = _evaluate(start, cand)
+                except (UserInputError, InvalidStage):
+                    continue
+                if t < best_time - 1e-9:
+                    best, best_time, best_stages, improved = cand, t, stages, True
+        if not improved:
+            break
+    return best_time, best_stages, best
