@@ -59,6 +59,15 @@ class Curve:
             return self.y[-1] + self._tail_slope * (value - self.x[-1])
         return float(np.interp(value, self.x, self.y))  # beyond the dense table
 
+    def at(self, values) -> np.ndarray:
+        """The curve at many points at once (numpy; for building models, not the hot path)."""
+        values = np.asarray(values, dtype=float)
+        xs = np.asarray(self.x, dtype=float)
+        out = np.interp(values, xs, np.asarray(self.y, dtype=float))
+        if self._tail_slope:
+            out = np.where(values > xs[-1], self.y[-1] + self._tail_slope * (values - xs[-1]), out)
+        return out
+
     def simplified(self, rel_tol: float = 2e-4) -> "Curve":
         """The same curve with the knots dropped that linear interpolation between the kept
         neighbours reproduces within `rel_tol` (relative) at every dropped knot."""

@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Batch:
     """The work of one engine iteration, reduced to what its time depends on.
+
+    Plain mutable data (not frozen, so not hashable): the simulator builds one per simulated
+    iteration, and a frozen dataclass costs four times as long to construct. Treat a Batch
+    handed to a latency model as read-only.
 
     prefill_seqs / prefill_tokens: sequences computing prompt tokens this iteration and how many
       tokens they compute in all (a chunk each under chunked prefill; padded length times
@@ -46,8 +50,11 @@ class LatencyModel(Protocol):
         """Wall time of one iteration computing `batch`."""
         ...
 
-    def decode_run_time(self, decode_seqs: int, decode_context: int, num_iterations: int) -> float:
+    def decode_run_time(self, decode_seqs: int, decode_context: int, num_iterations: int,
+                        decode_max_context: int = 0) -> float:
         """Sum of `num_iterations` pure-decode iterations of `decode_seqs` sequences whose
-        context starts at `decode_context` tokens and grows by `decode_seqs` each iteration.
-        Models should answer in closed form: the simulator calls this on its hot path."""
+        context starts at `decode_context` tokens and grows by `decode_seqs` each iteration;
+        `decode_max_context` is the longest of those contexts at the first iteration (growing
+        by one per iteration; 0 = unknown), as in `Batch`. Models should answer in closed
+        form: the simulator calls this on its hot path."""
         ...

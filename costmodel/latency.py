@@ -25,8 +25,8 @@ The three ways (each produces an `AdditiveLatencyModel`):
   - fitted from a profile's rows (costmodel/latency_fit.py),
   - interpolated from measured rows, the "truth" of planner benchmarks
     (latency_library.measured_latency_model),
-  - predicted from a model's config and a device's specs with efficiency factors learned on
-    profiled models (latency_predict.py).
+  - predicted from a model's config and a device's specs (the engine's physics:
+    latency_physics.py) with efficiency factors learned on profiled models (latency_predict.py).
 `latency_model_for` (costmodel/latency_library.py) picks the best available for (model, TP,
 device). Both protocol methods cost a few microseconds: curves are tables indexed by integer.
 """

@@ -1,39 +1,38 @@
-"""Latency for a model with no profile: physical work from its config and the device's specs,
-times efficiency factors learned across the profiled models, times what that physics misses on
-architecturally similar profiled models. Beyond the SamuLLM paper, which needs a profile per
-model.
+"""Latency for a model with no profile: physical work from its config and the device's specs
+(costmodel/latency_physics.py), times efficiency factors learned across the profiled models,
+times what that physics misses on architecturally similar profiled models. Beyond the SamuLLM
+paper, which needs a profile per model.
 
-Physics. Each term of the additive form (costmodel/latency.py) is physical seconds times a
-learned factor shared by all models (a curve where it varies with batch size):
+The terms of the additive form (costmodel/latency.py) are built as
 
-  G(n)   = overhead[tp] + per_layer[tp] * layers                  launches, allreduce latency
-         + T_weights(n) * h(n_eq)                                  linear layers (roofline)
-         + comm[tp] * T_allreduce(n)                               TP traffic
-         + (per_seq + width_per_seq * T_width) * n                 (decode: every token a sequence)
-  s_p    = per_seq + width_per_seq * T_width                       per prompt
-  A_p    = (attention + attention_wide * w) * T_pair               prefill attention per pair
-  A_d(S) = T_kv * (kv(S) + kv_wide * w) + T_kvq * kv_query(S)      decode attention per KV token
-  B(S)   = T_block * (psi_B(S) + straggler_wide * w)  (psi_B_split for the split kernel)
+  G(n)   = fixed[phase, tp] + body(n)  (+ per_seq x n when decoding)  linear layers, overheads
+  body   = GPU(n)                                CUDA-graph decode (up to 256 sequences)
+         = max(host_op x host ops, GPU(n))       eager iterations (prefill, larger decodes)
+  GPU(n) = kernel x kernels + allreduce[phase, tp] x all-reduces
+         + T_weights(n) x h_phase(n_eq) + comm[phase, tp] x T_allreduce_bytes(n)
+  s_p    = per_seq + width_per_seq x T_width                       per prompt
+  A_p    = attention x T_pair                                      prefill attention, per pair
+  A_d(S) = T_kv x kv(P) + (T_kv_query - T_kv) x kv_l2(P)           decode attention, per token
+  B(S)   = T_block x straggler(P)  (straggler_split(P) for the split kernel)
+  with P = S x query heads per device (thread blocks per partition of the attention grid).
 
-T_weights(n): weight bytes an iteration of n tokens reads, over memory bandwidth (a mixture of
-experts reads only the experts its tokens use). h, a curve over n_eq = n x (FLOPs per weight
-byte relative to a dense fp16 model) x (the device's bandwidth/FLOP ratio relative to the
-reference A100), carries the roofline: ~1.4 while weight reads dominate, rising linearly once
-matmuls are compute bound, with the tile steps of the data. Dense models and mixtures of
-experts have separate linear-layer factors (the MoE kernels of the data do not follow the dense
-physics). T_width: layers x heads x head_dim of one sequence on a device (per-prompt cost on
-the A100 data is proportional to it within 15% across families). T_kv / T_kvq: KV bytes per
-token counted once per KV head / once per query head (the data's kernel re-read grouped-query
-KV per query head, partly cached; the mix is learned from grouped-query models, split evenly
-when there are none). Attention terms carry a physics prior for heads wider than 128
-(max(1, head_dim / 128): a head's vector is split over a fixed thread group) and a learned
-correction w = log2(head_dim / 128) where wide heads were profiled. Scalars are kept
-non-negative; overheads carry a ridge so that profiles of similar sizes, which cannot separate
-fixed from size-proportional costs, leave the cost with the size-proportional terms.
+Kernels and host ops per iteration follow from the architecture's kernels per layer; T_* are
+physical seconds (latency_physics.EnginePhysics). h is the weights' roofline factor over
+compute-equivalent tokens, at least 1 (no matmul reads its weights faster than the memory
+bandwidth), with its own curve for mixtures of experts when they were profiled, as is the
+per-kernel cost. kv is the efficiency of streaming each KV head from DRAM; kv_l2 prices the
+re-reads of a grouped-query KV head by its other query heads, which find it in L2 (learned from
+grouped-query profiles; L2_TO_DRAM_PRIOR x kv without them). One host cost per op and one GPU
+cost per kernel serve every TP degree; fixed costs, all-reduce latencies and all-reduce
+bandwidth are per TP degree.
 
-Learning: one penalised least-squares problem on relative error over (a sample of) the rows of
-all profiled models. A prediction for a device other than the reference scales compute terms
-by its peak FLOP/s, memory terms by its bandwidth, TP traffic by its link; fixed overheads carry
+Learning is a penalised least-squares problem on relative error over (a sample of) the rows of
+all profiled models. The maximum of host and GPU is fitted by alternating: start from a
+physical guess of which side binds each eager row, solve, move each row to the side the fit
+says binds (beyond a 5% margin), and repeat until the sides settle.
+
+A prediction for a device other than the reference scales compute terms by its peak FLOP/s,
+memory terms by its bandwidth, TP traffic by its link; host, per-kernel and fixed costs carry
 over as measured. Per-TP factors hold their nearest profiled value beyond the profiled degrees.
 
 Residual transfer: see predict_latency_model.
@@ -52,97 +51,36 @@ import numpy as np
 from costmodel.curves import Curve
 from costmodel.errors import UserInputError
 from costmodel.hardware import DeviceSpec
-from costmodel.latency import AdditiveLatencyModel, SPLIT_MAX_SEQ_HEADS
+from costmodel.latency import AdditiveLatencyModel
 from costmodel.latency_fit import split_kernel_mask, straggler_excess
+from costmodel.latency_physics import GRAPH_MAX_SEQS, EnginePhysics
 from costmodel.models import ModelSpec
 from costmodel.profiles import ProfileRows
-from costmodel.spline_ls import (Block, SplineDesign, grid_knots, isotonic_increasing, log_knots,
-                                 token_knots, with_secant_tail)
+from costmodel.spline_ls import (Block, SplineDesign, break_at, grid_knots, isotonic_increasing,
+                                 log_knots, token_knots, with_secant_tail)
 
-FACTORS_FORMAT = "samullm-latency-factors/1"
+FACTORS_FORMAT = "samullm-latency-factors/2"
 PHASES = ("prefill", "decode")
-# When a device has no fast link, tensor-parallel traffic goes over PCIe 4.0 x16 (one way).
-PCIE_BANDWIDTH = 25e9
-
-
-@dataclass(frozen=True)
-class _Physics:
-    """Physical seconds of each term for one (model, TP, device)."""
-
-    spec: ModelSpec
-    tp: int
-    device: DeviceSpec
-    reference: DeviceSpec
-
-    @property
-    def layers(self) -> float:
-        return float(self.spec.num_layers)
-
-    def weight_time(self, n: np.ndarray) -> np.ndarray:
-        return np.asarray(self.spec.decode_weight_bytes(n, self.tp), float) / self.device.memory_bandwidth
-
-    def equivalent_tokens(self, n: np.ndarray) -> np.ndarray:
-        n = np.asarray(n, dtype=float)
-        spec = self.spec
-        if spec.num_experts > 1:
-            active = spec.linear_flops_per_token(self.tp) / 2 * spec.dtype_bytes
-            read = np.asarray(spec.decode_weight_bytes(n, self.tp), float)
-            read -= spec.vocab_size * spec.hidden_size / self.tp * spec.dtype_bytes
-            n = n * np.minimum(active / read, 1.0)
-        ref, dev = self.reference, self.device
-        return n * (dev.memory_bandwidth / dev.peak_flops) / (ref.memory_bandwidth / ref.peak_flops)
-
-    def allreduce_time(self, n: np.ndarray) -> np.ndarray:
-        if self.tp <= 1:
-            return np.zeros_like(np.asarray(n, dtype=float))
-        link = self.device.interconnect_bandwidth or PCIE_BANDWIDTH
-        volume = 2 * self.spec.num_layers * np.asarray(n, float) * self.spec.hidden_size * self.spec.dtype_bytes
-        return volume * 2 * (self.tp - 1) / self.tp / link
-
-    @property
-    def width_time(self) -> float:
-        """One sequence's query width in every layer (layers x heads x head_dim on a device),
-        as bytes over bandwidth: what per-sequence attention work scales with. On the A100
-        data the per-prompt cost is proportional to it within 15% across all families."""
-        spec = self.spec
-        return (spec.num_layers * spec.heads_per_device(self.tp) * spec.head_dim
-                * spec.dtype_bytes / self.device.memory_bandwidth)
-
-    @property
-    def pair_time(self) -> float:
-        return self.spec.attention_flops(1.0, self.tp) * self.head_width / self.device.peak_flops
-
-    @property
-    def kv_time(self) -> float:
-        """KV-cache bytes of one token on a device, over bandwidth."""
-        return self.spec.kv_bytes_per_token(self.tp) * self.head_width / self.device.memory_bandwidth
-
-    @property
-    def kv_per_query_head_time(self) -> float:
-        """The same if every query head read its own copy of K and V: what the A100 data's
-        paged-attention kernel did with grouped-query attention (caches absorb part of it)."""
-        spec = self.spec
-        return (2 * spec.num_layers * spec.heads_per_device(self.tp) * spec.head_dim
-                * spec.dtype_bytes * self.head_width / self.device.memory_bandwidth)
-
-    @property
-    def head_width(self) -> float:
-        """Per-byte slowdown of attention kernels on heads wider than 128: vLLM's attention
-        kernels split a head's vector over a fixed group of threads, so beyond 128 each thread
-        works through proportionally more of it in sequence (physics prior, max(1, d/128))."""
-        return max(self.spec.head_dim / 128, 1.0)
-
-    @property
-    def wide_heads(self) -> float:
-        """How much wider than 128 the heads are, in doublings (0 up to 128): a learned
-        correction on top of `head_width` where profiles of wide heads exist."""
-        return max(float(np.log2(self.spec.head_dim / 128)), 0.0)
-
-    @property
-    def block_time(self) -> float:  # one head's K and V of one token, in every layer
-        spec = self.spec
-        return (spec.num_layers * spec.head_dim * 2 * spec.dtype_bytes * self.head_width
-                / self.device.memory_bandwidth)
+# Factors learned per TP degree: phase -> kinds.
+_PER_TP_KINDS = ("fixed", "allreduce", "comm")
+# Blocks per partition of the paged-attention grid at which the split kernel stops being used.
+_SPLIT_BLOCKS = 512
+# Starting guess for the host's cost per eagerly dispatched op (PyTorch module call and kernel
+# launch), and the tokens at which an A100's matmuls turn compute bound (peak FLOP/s over
+# bandwidth): only used to pick the first side of max(host, GPU) before alternating.
+HOST_OP_PRIOR = 30e-6
+_RIDGE_TOKENS = 150.0
+# Without grouped-query profiles, a re-read of a KV head from L2 is priced at this share of a
+# DRAM read (the A100's L2 delivers about 2.5 times its DRAM bandwidth).
+L2_TO_DRAM_PRIOR = 0.4
+# The alternation stops when fewer than this share of eager rows change side; a row moves only
+# when the other side exceeds its own by this relative margin.
+_HYSTERESIS = 0.05
+_SETTLED_ROWS = 0.002
+# Knots of the shared roofline curves: every token count up to _DENSE_TOKENS, then every
+# _TOKEN_STEP, with steps allowed at multiples of _TILE_TOKENS (GEMM tiles). Coarser than a
+# single model's fit: a curve shared by different shapes carries no finer detail.
+_DENSE_TOKENS, _TOKEN_STEP, _TILE_TOKENS = 64, 16, 128
 
 
 @dataclass(frozen=True)
@@ -150,7 +88,7 @@ class LatencyFactors:
     """Efficiency factors learned on profiled models (see the module docstring)."""
 
     reference_device: dict[str, float]
-    scalars: dict[str, dict[str, float]]  # phase -> name -> value
+    scalars: dict[str, dict[str, float]]  # group (phase, "gpu", "eager"...) -> name -> value
     per_tp: dict[str, dict[str, dict[int, float]]]  # phase -> name -> tp -> value
     curves: dict[str, Curve]
     source: str = ""
@@ -219,6 +157,7 @@ class LearnOptions:
     curve_smoothing: float = 10
     step_penalty: float = 0.1
     attention_smoothing: float = 3.0
+    max_passes: int = 8  # alternations between the sides of the two maxima
 
 
 def learn_factors(profiles: list[tuple[ProfileRows, ModelSpec]], device: DeviceSpec,
@@ -234,123 +173,203 @@ def learn_factors(profiles: list[tuple[ProfileRows, ModelSpec]], device: DeviceS
     return _learn(sampled, device, options)
 
 
-def _learn(sampled, device: DeviceSpec, options: LearnOptions) -> LatencyFactors:
-    physics = [_Physics(spec, rows.tp, device, device) for rows, spec in sampled]
-    sizes = [len(rows) for rows, _ in sampled]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    total = int(offsets[-1])
-    target = np.concatenate([rows.seconds for rows, _ in sampled])
-    typical = float(np.median(target))
+def _row_features(sampled, device: DeviceSpec) -> dict[str, np.ndarray]:
+    """Per-row physical features of all sampled rows, concatenated."""
+    feats: dict[str, list[np.ndarray]] = {}
 
-    # Gather per-row physical features.
-    feats: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "pre", "moe", "n", "neq", "layers", "tp", "tw", "comm", "seqs_p", "width",
-        "pairs", "dseqs", "kv", "kvq", "wide", "block", "excess", "split")}
-    for (rows, spec), phys in zip(sampled, physics):
+    def put(name: str, values) -> None:
+        feats.setdefault(name, []).append(np.asarray(values))
+
+    for rows, spec in sampled:
+        phys = EnginePhysics(spec, rows.tp, device, device)
+        size = len(rows)
         n = rows.prefill_tokens + rows.decode_seqs
-        feats["pre"].append(rows.prefill_tokens > 0)
-        feats["n"].append(n)
-        feats["neq"].append(phys.equivalent_tokens(n))
-        feats["layers"].append(np.full(len(rows), phys.layers))
-        feats["tp"].append(np.full(len(rows), rows.tp))
-        feats["moe"].append(np.full(len(rows), spec.num_experts > 1))
-        feats["tw"].append(phys.weight_time(n))
-        feats["comm"].append(phys.allreduce_time(n))
-        feats["seqs_p"].append(rows.prefill_seqs)
-        feats["width"].append(np.full(len(rows), phys.width_time))
-        feats["pairs"].append(rows.prefill_attention * phys.pair_time)
-        feats["dseqs"].append(rows.decode_seqs)
-        feats["kv"].append(rows.decode_context * phys.kv_time)
-        feats["kvq"].append(rows.decode_context * phys.kv_per_query_head_time)
-        feats["wide"].append(np.full(len(rows), phys.wide_heads))
-        feats["block"].append(np.full(len(rows), phys.block_time))
-        feats["excess"].append(straggler_excess(rows))
-        feats["split"].append(split_kernel_mask(rows.decode_seqs, rows.decode_max_context,
-                                                spec.heads_per_device(rows.tp)))
-    f = {k: np.concatenate(v) for k, v in feats.items()}
+        pre = rows.prefill_tokens > 0
+        put("pre", pre)
+        put("eager", pre | (rows.decode_seqs > GRAPH_MAX_SEQS))
+        put("moe", np.full(size, spec.num_experts > 1))
+        put("gqa", np.full(size, phys.heads > phys.kv_heads))
+        put("tp", np.full(size, rows.tp))
+        put("n", n)
+        put("neq", phys.equivalent_tokens(n))
+        put("tw", phys.weight_time(n))
+        put("comm", phys.allreduce_time(n))
+        put("kernels", np.full(size, phys.gpu_kernels))
+        put("allreduces", np.full(size, phys.allreduces))
+        put("host_ops", np.full(size, phys.host_ops))
+        put("seqs_p", rows.prefill_seqs)
+        put("width", np.full(size, phys.width_time))
+        put("pairs", rows.prefill_attention * phys.pair_time)
+        put("dseqs", rows.decode_seqs)
+        put("blocks", phys.blocks(rows.decode_seqs))
+        put("kv", rows.decode_context * phys.kv_time)
+        put("kvq", rows.decode_context * phys.kv_query_time)
+        put("block", np.full(size, phys.block_time))
+        put("excess", straggler_excess(rows))
+        put("split", split_kernel_mask(rows.decode_seqs, rows.decode_max_context, phys.heads))
+    return {k: np.concatenate(v) for k, v in feats.items()}
 
+
+_HOST = ("eager.op",)
+_GPU_LINEAR = ("kernel", "allreduce", "comm", "weights")
+
+
+def _design(f: dict[str, np.ndarray], host_rows: np.ndarray, gpu_mask: np.ndarray,
+            typical: float, options: LearnOptions) -> SplineDesign:
+    """The least-squares design with the host terms on `host_rows` and the GPU linear-layer
+    terms on `gpu_mask` (masks over rows). Both on the same row make a sum: the design in
+    which each side of the maximum is evaluated."""
+    total = len(f["n"])
+    eager = f["eager"]
     design = SplineDesign(total)
+    tps = sorted(set(f["tp"].astype(int)))
     for phase in PHASES:
         idx = np.flatnonzero(f["pre"] if phase == "prefill" else ~f["pre"])
         if not len(idx):
             continue
-        # Linear layers: dense models and mixtures of experts have separate factors (MoE
-        # routing and expert matmuls do not follow the dense physics), all else is shared.
-        for group, members in ((phase, idx[~f["moe"][idx]]), (f"{phase}_moe", idx[f["moe"][idx]])):
-            if not len(members):
+        gpu = idx[gpu_mask[idx]]
+        for tp in tps:
+            at = idx[f["tp"][idx] == tp]
+            if len(at):
+                _scalar(design, f"{phase}.fixed.{tp}", typical, at, 1.0, ridge=10)
+            on = gpu[f["tp"][gpu] == tp]
+            if tp > 1 and len(at):
+                _scalar(design, f"{phase}.allreduce.{tp}", typical / 100, on, f["allreduces"][on])
+                _scalar(design, f"{phase}.comm.{tp}", 1.0, on, f["comm"][on])
+        # Dense models and mixtures of experts have their own roofline curves (the MoE
+        # expert kernels of the data are Triton kernels that do not follow the dense GEMMs'
+        # efficiency). Each curve is the roofline's excess over reading the weights at peak
+        # bandwidth: T_weights itself is a fixed offset of the GPU rows (see _learn).
+        for group, members, everyone in (
+                (phase, gpu[~f["moe"][gpu]], idx[~f["moe"][idx]]),
+                (f"{phase}_moe", gpu[f["moe"][gpu]], idx[f["moe"][idx]])):
+            if not len(everyone):
                 continue
-            for tp in sorted(set(f["tp"][members].astype(int))):
-                at = members[f["tp"][members] == tp]
-                design.add_block(Block(f"{group}.overhead.{tp}", [1.0], typical, nonnegative=True, ridge=100))
-                design.add_term(f"{group}.overhead.{tp}", at, 1.0, 1.0)
-                design.add_block(Block(f"{group}.per_layer.{tp}", [1.0], typical / 40, nonnegative=True, ridge=100))
-                design.add_term(f"{group}.per_layer.{tp}", at, 1.0, f["layers"][at])
-                if tp > 1:
-                    design.add_block(Block(f"{group}.comm.{tp}", [1.0], 1.0, nonnegative=True))
-                    design.add_term(f"{group}.comm.{tp}", at, 1.0, f["comm"][at])
-            knots, breaks = token_knots(f["neq"][members])
+            knots, breaks = token_knots(f["neq"][everyone], dense_up_to=_DENSE_TOKENS,
+                                        step=_TOKEN_STEP, jump_every=_TILE_TOKENS)
             design.add_block(Block(f"{group}.weights", knots, 1.0, "linear",
-                                   options.curve_smoothing, False, breaks, options.step_penalty))
+                                   options.curve_smoothing, False, breaks, options.step_penalty,
+                                   nonnegative=True))
             design.add_term(f"{group}.weights", members, f["neq"][members], f["tw"][members])
         seqs = f["seqs_p"][idx] if phase == "prefill" else f["dseqs"][idx]
-        design.add_block(Block(f"{phase}.per_seq", [1.0], typical / 256, nonnegative=True))
-        design.add_term(f"{phase}.per_seq", idx, 1.0, seqs)
-        design.add_block(Block(f"{phase}.width_per_seq", [1.0], 1000.0, nonnegative=True))
-        design.add_term(f"{phase}.width_per_seq", idx, 1.0, seqs * f["width"][idx])
+        _scalar(design, f"{phase}.per_seq", typical / 256, idx, seqs)
+        _scalar(design, f"{phase}.width_per_seq", 1000.0, idx, seqs * f["width"][idx])
+    # One GPU cost per kernel launched (the same kernels in both phases; MoE models' own), and
+    # one host cost per op dispatched eagerly (a property of the host and PyTorch, not of the
+    # TP degree).
+    gpu_rows = np.flatnonzero(gpu_mask)
+    for group, members in (("gpu", gpu_rows[~f["moe"][gpu_rows]]),
+                           ("gpu_moe", gpu_rows[f["moe"][gpu_rows]])):
+        if np.any(f["moe"] == (group == "gpu_moe")):
+            _scalar(design, f"{group}.kernel", typical / 500, members, f["kernels"][members])
+    if np.any(eager):
+        on = np.flatnonzero(host_rows)
+        _scalar(design, "eager.op", typical / 500, on, f["host_ops"][on])
     pre = np.flatnonzero(f["pre"])
     if len(pre):
-        design.add_block(Block("prefill.attention", [1.0], 1.0, nonnegative=True))
-        design.add_term("prefill.attention", pre, 1.0, f["pairs"][pre])
-        design.add_block(Block("prefill.attention_wide", [1.0], 1.0, nonnegative=True))
-        design.add_term("prefill.attention_wide", pre, 1.0, f["pairs"][pre] * f["wide"][pre])
-    dec = np.flatnonzero(f["dseqs"] > 0)
-    seq_knots = log_knots(max(f["dseqs"].max(), 2))
-    # Decode attention reads a mix of KV-head and query-head bytes (the mix is what grouped-
-    # query models pin down; for the others the two coincide and the penalty splits evenly).
-    for name, feature in (("decode.kv", "kv"), ("decode.kv_query", "kvq")):
-        design.add_block(Block(name, seq_knots, 0.5, "constant", options.attention_smoothing, True,
-                               ridge=1e-3))
-        design.add_term(name, dec, f["dseqs"][dec], f[feature][dec])
-    design.add_block(Block("decode.kv_wide", [1.0], 1.0, nonnegative=True))
-    design.add_term("decode.kv_wide", dec, 1.0, f["kv"][dec] * f["wide"][dec])
-    for name, mask in (("decode.straggler", ~f["split"]), ("decode.straggler_split", f["split"])):
-        design.add_block(Block(name, seq_knots, 50.0, "constant", options.attention_smoothing, True))
-        keep = dec[mask[dec] & (f["excess"][dec] > 0)]
-        design.add_term(name, keep, f["dseqs"][keep], f["excess"][keep] * f["block"][keep])
-    design.add_block(Block("decode.straggler_wide", [1.0], 50.0, nonnegative=True))
-    keep = dec[f["excess"][dec] > 0]
-    design.add_term("decode.straggler_wide", keep, 1.0,
-                    f["excess"][keep] * f["block"][keep] * f["wide"][keep])
+        _scalar(design, "prefill.attention", 1.0, pre, f["pairs"][pre])
 
-    values = design.solve(target, 1.0 / target)
-    fitted = design.predict(values)
+    dec = np.flatnonzero(f["dseqs"] > 0)
+    block_knots = log_knots(max(f["blocks"].max(), 2), extra=(_SPLIT_BLOCKS, _SPLIT_BLOCKS + 1))
+    split_break = break_at(block_knots, _SPLIT_BLOCKS)
+    # DRAM side on every decode row; the L2 side of grouped-query rows on top (see
+    # latency_physics: each of the g query heads sharing a KV head re-reads it, from L2).
+    sides = [("decode.kv", dec, f["kv"][dec])]
+    gqa = dec[f["gqa"][dec]]
+    if len(gqa):
+        sides.append(("decode.kv_l2", gqa, f["kvq"][gqa] - f["kv"][gqa]))
+    for name, rows, multiplier in sides:
+        design.add_block(Block(name, block_knots, 0.5, "constant", options.attention_smoothing,
+                               True, split_break, options.step_penalty, ridge=1e-3))
+        design.add_term(name, rows, f["blocks"][rows], multiplier)
+    for name, mask in (("decode.straggler", ~f["split"]), ("decode.straggler_split", f["split"])):
+        design.add_block(Block(name, block_knots, 50.0, "constant", options.attention_smoothing,
+                               True, split_break, options.step_penalty))
+        keep = dec[mask[dec] & (f["excess"][dec] > 0)]
+        design.add_term(name, keep, f["blocks"][keep], f["excess"][keep] * f["block"][keep])
+    return design
+
+
+def _scalar(design: SplineDesign, name: str, scale: float, rows, multiplier, ridge: float = 0.0) -> None:
+    design.add_block(Block(name, [1.0], scale, nonnegative=True, ridge=ridge))
+    design.add_term(name, rows, 1.0, multiplier)
+
+
+def _parts(design: SplineDesign, values: dict[str, np.ndarray], prefixes) -> np.ndarray:
+    """Each row's sum of the terms whose block names start with one of `prefixes`."""
+    chosen = {name: (v if any(_matches(name, p) for p in prefixes) else np.zeros_like(v))
+              for name, v in values.items()}
+    return design.predict(chosen)
+
+
+def _matches(name: str, prefix: str) -> bool:
+    """Whether block `name` belongs to `prefix`: a kind of GPU term in any group, or a name."""
+    if prefix in _GPU_LINEAR:
+        return name.split(".")[1] == prefix
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _learn(sampled, device: DeviceSpec, options: LearnOptions) -> LatencyFactors:
+    f = _row_features(sampled, device)
+    target = np.concatenate([rows.seconds for rows, _ in sampled])
+    typical = float(np.median(target))
+    eager = f["eager"]
+    every = np.ones(len(target), dtype=bool)
+    evaluation = _design(f, eager, every, typical, options)  # both sides on every eager row
+    # Start from a physical guess of which side binds: a host cost of HOST_OP_PRIOR per op
+    # against the weights' roofline plus a few microseconds per kernel.
+    gpu_guess = (f["tw"] * np.maximum(1.0, f["neq"] / _RIDGE_TOKENS) + 3e-6 * f["kernels"])
+    host_rows = eager & (HOST_OP_PRIOR * f["host_ops"] > gpu_guess)
+    passes = 0
+    pinned = None
+    while True:
+        passes += 1
+        design = _design(f, host_rows, ~host_rows, typical, options)
+        offset = np.where(host_rows, 0.0, f["tw"])  # weights read at peak bandwidth
+        values = design.solve(target - offset, 1.0 / target, pinned)
+        pinned = design.pinned
+        host = _parts(evaluation, values, _HOST)
+        gpu = f["tw"] + _parts(evaluation, values, _GPU_LINEAR)
+        # Rows within _HYSTERESIS of the crossover keep their side (either explains them).
+        new_host = np.where(np.abs(host - gpu) > _HYSTERESIS * np.maximum(host, gpu),
+                            eager & (host > gpu), host_rows)
+        changed = int(np.sum(new_host != host_rows))
+        host_rows = new_host
+        if changed <= _SETTLED_ROWS * np.sum(eager) or passes >= options.max_passes:
+            break
+    if changed:  # the last solve belongs to the previous assignment: solve once more
+        design = _design(f, host_rows, ~host_rows, typical, options)
+        offset = np.where(host_rows, 0.0, f["tw"])
+        values = design.solve(target - offset, 1.0 / target, pinned)
+    host_bound = host_rows
+    fitted = design.predict(values) + offset
     errors = np.abs(fitted / target - 1)
 
-    scalars: dict[str, dict[str, float]] = {phase: {} for phase in PHASES}
+    scalars: dict[str, dict[str, float]] = {}
     per_tp: dict[str, dict[str, dict[int, float]]] = {}
     curves = {}
     for name, v in values.items():
-        phase, key = name.split(".", 1)
-        if key.split(".")[0] in ("overhead", "per_layer", "comm"):
-            kind, tp = key.split(".")
-            table = per_tp.setdefault(phase, {"overhead": {}, "per_layer": {}, "comm": {}})
-            table[kind][int(tp)] = float(v[0])
+        parts = name.split(".")
+        if len(parts) == 3 and parts[1] in _PER_TP_KINDS:
+            per_tp.setdefault(parts[0], {}).setdefault(parts[1], {})[int(parts[2])] = float(v[0])
         elif len(design.blocks[name].knots) == 1:
-            scalars.setdefault(phase, {})[key] = float(v[0])
+            scalars.setdefault(parts[0], {})[parts[1]] = float(v[0])
         else:
-            y = np.maximum(v, 0.0)
             knots = design.blocks[name].knots
-            if key == "weights":
-                knots, y = with_secant_tail(knots, isotonic_increasing(y))
+            y = np.maximum(v, 0.0)
+            if parts[1] == "weights":  # stored as the whole roofline factor, 1 + excess
+                knots, y = with_secant_tail(knots, isotonic_increasing(1.0 + y))
                 curves[name] = Curve(tuple(knots), tuple(y), "linear")
-            else:  # the two KV mixes may trade sign between S knots; their sum may not
-                curves[name] = Curve(tuple(knots), tuple(v if key.startswith("kv") else y), "constant")
+            else:
+                curves[name] = Curve(tuple(knots), tuple(y), "constant")
     reference = {"peak_flops": device.peak_flops, "memory_bandwidth": device.memory_bandwidth,
                  "interconnect_bandwidth": device.interconnect_bandwidth}
     return LatencyFactors(
         reference_device=reference, scalars=scalars, per_tp=per_tp, curves=curves,
         source=", ".join(sorted({Path(rows.source).name for rows, _ in sampled})),
         info={"device": device.name, "rows_per_profile": options.rows_per_profile,
+              "passes": passes, "host_bound_share": round(float(np.mean(host_bound[eager])), 3)
+              if np.any(eager) else 0.0,
               "fit_median_error": round(float(np.median(errors)), 4),
               "fit_p90_error": round(float(np.percentile(errors, 90)), 4)})
 
@@ -456,21 +475,26 @@ def predict_latency_model(spec: ModelSpec, tp: int, device: DeviceSpec, factors:
 
 def _physics_model(spec: ModelSpec, tp: int, device: DeviceSpec,
                    factors: LatencyFactors, max_tokens: int) -> AdditiveLatencyModel:
-    phys = _Physics(spec, tp, device, factors.reference())
-    heads = spec.heads_per_device(tp)
+    phys = EnginePhysics(spec, tp, device, factors.reference())
     knots = grid_knots(max_tokens)
     curves: dict[str, Curve] = {}
     per_seq: dict[str, float] = {}
+    host = factors.scalars.get("eager", {}).get("op", 0.0) * phys.host_ops
     for phase in PHASES:
         s = factors.scalars.get(phase, {})
-        group = f"{phase}_moe" if spec.num_experts > 1 and f"{phase}_moe.weights" in factors.curves else phase
-        if f"{group}.weights" not in factors.curves:
+        moe = f"{phase}_moe.weights" in factors.curves and spec.num_experts > 1
+        group = f"{phase}_moe" if moe else phase
+        weights = factors.curves.get(f"{group}.weights")
+        if weights is None:
             continue
         per_seq[phase] = s.get("per_seq", 0.0) + s.get("width_per_seq", 0.0) * phys.width_time
-        g = (factors.tp_value(group, "overhead", tp)
-             + factors.tp_value(group, "per_layer", tp) * phys.layers
-             + phys.weight_time(knots) * _curve_at(factors.curves[f"{group}.weights"], phys.equivalent_tokens(knots))
-             + factors.tp_value(group, "comm", tp) * phys.allreduce_time(knots))
+        kernel = factors.scalars.get("gpu_moe" if moe else "gpu", {}).get("kernel", 0.0)
+        gpu = (kernel * phys.gpu_kernels
+               + factors.tp_value(phase, "allreduce", tp) * phys.allreduces
+               + phys.weight_time(knots) * _curve_at(weights, phys.equivalent_tokens(knots))
+               + factors.tp_value(phase, "comm", tp) * phys.allreduce_time(knots))
+        eager = knots > (0 if phase == "prefill" else GRAPH_MAX_SEQS)
+        g = factors.tp_value(phase, "fixed", tp) + np.where(eager, np.maximum(gpu, host), gpu)
         if phase == "decode":
             g = g + per_seq[phase] * knots
         g = isotonic_increasing(np.maximum(g, 0.0))
@@ -479,27 +503,30 @@ def _physics_model(spec: ModelSpec, tp: int, device: DeviceSpec,
     if "prefill_linear" not in curves or "decode_linear" not in curves:
         raise UserInputError("latency factors lack a prefill or decode part; learn them from "
                              "profiles that have both phases")
-    pre = factors.scalars.get("prefill", {})
-    dec = factors.scalars.get("decode", {})
-    prefill_per_seq = max(per_seq["prefill"], 0.0)
-    kv, kv_query = factors.curves["decode.kv"], factors.curves["decode.kv_query"]
-    threshold = SPLIT_MAX_SEQ_HEADS // heads
-    seq_knots = np.unique(np.concatenate([kv.x, [threshold, threshold + 1]]))
-    per_token = (phys.kv_time * (_curve_at(kv, seq_knots) + dec.get("kv_wide", 0.0) * phys.wide_heads)
-                 + phys.kv_per_query_head_time * _curve_at(kv_query, seq_knots))
-    curves["decode_attention"] = Curve(tuple(seq_knots), tuple(np.maximum(per_token, 0.0)), "constant")
+    seqs = np.arange(1.0, _MAX_DECODE_SEQS + 1)
+    blocks = phys.blocks(seqs)
+    kv = _curve_at(factors.curves["decode.kv"], blocks)
+    per_token = phys.kv_time * kv
+    if phys.heads > phys.kv_heads:
+        l2 = factors.curves.get("decode.kv_l2")
+        l2_rate = _curve_at(l2, blocks) if l2 is not None else L2_TO_DRAM_PRIOR * kv
+        per_token = per_token + (phys.kv_query_time - phys.kv_time) * l2_rate
+    curves["decode_attention"] = Curve(tuple(seqs), tuple(per_token), "constant")
     for name in ("straggler", "straggler_split"):
-        curve = factors.curves[f"decode.{name}"]
-        y = phys.block_time * np.asarray(curve.y) + phys.block_time * dec.get("straggler_wide", 0.0) * phys.wide_heads
-        curves[name] = Curve(tuple(curve.x), tuple(y), "constant")
-    pair = pre.get("attention", 0.0) + pre.get("attention_wide", 0.0) * phys.wide_heads
+        y = phys.block_time * _curve_at(factors.curves[f"decode.{name}"], blocks)
+        curves[name] = Curve(tuple(seqs), tuple(y), "constant")
+    pair = factors.scalars.get("prefill", {}).get("attention", 0.0)
     curves["prefill_attention"] = Curve.constant(max(pair, 0.0) * phys.pair_time)
     return AdditiveLatencyModel(
         model=spec.name, tp=tp, device=device.name, kind="predicted",
-        prefill_per_seq=prefill_per_seq, heads_per_device=heads,
+        prefill_per_seq=max(per_seq["prefill"], 0.0), heads_per_device=phys.heads,
         source=f"predicted from config with factors learned on: {factors.source}",
         info={"factors": factors.info}, **curves)
 
 
+# Decode batch sizes the predicted attention curves are tabulated for (constant beyond).
+_MAX_DECODE_SEQS = 2048
+
+
 def _curve_at(curve: Curve, values: np.ndarray) -> np.ndarray:
-    return np.array([curve(float(v)) for v in np.asarray(values, dtype=float)])
+    return curve.at(values)

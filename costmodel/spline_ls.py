@@ -37,7 +37,7 @@ class Block:
     breaks: frozenset = frozenset()
     step_penalty: float = 0.0
     ridge: float = 0.0
-    nonnegative: bool = False  # for scalars: a negative solution is pinned to zero and re-solved
+    nonnegative: bool = False  # a negative solution is pinned to zero and re-solved
     offset: int = 0
 
 
@@ -49,6 +49,7 @@ class SplineDesign:
         self._rows: list[np.ndarray] = []
         self._cols: list[np.ndarray] = []
         self._vals: list[np.ndarray] = []
+        self.pinned: np.ndarray | None = None  # unknowns held at zero by the last solve
 
     def add_block(self, block: Block) -> Block:
         block.knots = np.asarray(block.knots, dtype=float)
@@ -71,8 +72,12 @@ class SplineDesign:
             self._cols.append(block.offset + idx)
             self._vals.append(w * multiplier * block.scale)
 
-    def solve(self, target: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-        """Minimise sum((weights * (pred - target))^2) + penalties; knot values per curve."""
+    def solve(self, target: np.ndarray, weights: np.ndarray,
+              start: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Minimise sum((weights * (pred - target))^2) + penalties, with the knots of
+        non-negative blocks kept >= 0; knot values per curve. `start`: the unknowns pinned at
+        zero by an earlier solve of a similar design (a warm start; `self.pinned` after a
+        solve)."""
         normal, rhs = self._normal_equations(np.asarray(target, float), np.asarray(weights, float))
         for block in self.blocks.values():
             _add_penalty(normal, block)
@@ -80,17 +85,12 @@ class SplineDesign:
         # as zero).
         diagonal = np.diag_indices_from(normal)
         normal[diagonal] += 1e-9 * normal[diagonal] + 1e-14 * max(float(np.mean(normal[diagonal])), 1e-12)
-        # Non-negative scalars: pin the most negative one at zero and solve again, until none
-        # is negative (an active-set pass; enough for the few scalars our models have).
-        free = np.ones(self.num_cols, dtype=bool)
-        guarded = [b.offset for b in self.blocks.values() if b.nonnegative and len(b.knots) == 1]
-        while True:
-            theta = np.zeros(self.num_cols)
-            theta[free] = np.linalg.solve(normal[np.ix_(free, free)], rhs[free])
-            negative = [col for col in guarded if free[col] and theta[col] < 0]
-            if not negative:
-                break
-            free[min(negative, key=lambda col: theta[col])] = False
+        guarded = np.zeros(self.num_cols, dtype=bool)
+        for b in self.blocks.values():
+            if b.nonnegative:
+                guarded[b.offset: b.offset + len(b.knots)] = True
+        theta, free = _nonnegative_solve(normal, rhs, guarded, start)
+        self.pinned = ~free
         return {name: theta[b.offset: b.offset + len(b.knots)] * b.scale
                 for name, b in self.blocks.items()}
 
@@ -115,6 +115,47 @@ class SplineDesign:
         return normal, rhs
 
 
+def _nonnegative_solve(normal: np.ndarray, rhs: np.ndarray, guarded: np.ndarray,
+                       pinned: np.ndarray | None = None, max_iterations: int = 200
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """argmin 1/2 t'Nt - r't subject to t >= 0 where `guarded`: block principal pivoting
+    (Kim & Park's variant of Judice & Pires): solve on the free set, then swap every guarded
+    unknown that breaks the optimality conditions (free and negative, or pinned at zero while
+    the gradient pushes it up), falling back to one swap at a time when the count of
+    violations stops falling. Exact at convergence; without guarded unknowns, one solve.
+    Returns the solution and the free set."""
+    free = np.ones(len(rhs), dtype=bool)
+    if pinned is not None and len(pinned) == len(rhs):
+        free &= ~(pinned & guarded)
+    best, grace = len(rhs) + 1, 3
+    theta = np.zeros(len(rhs))
+    for _ in range(max_iterations):
+        theta = np.zeros(len(rhs))
+        theta[free] = np.linalg.solve(normal[np.ix_(free, free)], rhs[free])
+        if not guarded.any():
+            return theta, free
+        gradient = normal @ theta - rhs
+        scale = np.sqrt(np.maximum(np.diag(normal), 1e-300))
+        tolerance = 1e-10 * max(float(np.max(np.abs(rhs) / scale)), 1e-300)
+        # both conditions in the same units (an unknown times the root of its curvature)
+        violated = guarded & ((free & (theta * scale < -tolerance))
+                              | (~free & (gradient / scale < -tolerance)))
+        count = int(violated.sum())
+        if count == 0:
+            break
+        if count < best:
+            best, grace = count, 3
+            free[violated] = ~free[violated]
+        elif grace > 0:
+            grace -= 1
+            free[violated] = ~free[violated]
+        else:
+            last = int(np.flatnonzero(violated)[-1])
+            free[last] = not free[last]
+    theta[guarded & (theta < 0)] = 0.0
+    return theta, free
+
+
 def _accumulate_gram(normal: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
                      num_rows: int) -> None:
     """normal += X^T X for the sparse X given as (row, col, value) triples."""
@@ -131,9 +172,9 @@ def _accumulate_gram(normal: np.ndarray, rows: np.ndarray, cols: np.ndarray, val
     col_grid[rows, slot] = cols
     val_grid[rows, slot] = vals
     outer = val_grid[:, :, None] * val_grid[:, None, :]
-    left = np.broadcast_to(col_grid[:, :, None], outer.shape).ravel()
-    right = np.broadcast_to(col_grid[:, None, :], outer.shape).ravel()
-    np.add.at(normal, (left, right), outer.ravel())
+    size = normal.shape[0]
+    flat = (col_grid[:, :, None] * size + col_grid[:, None, :]).ravel()
+    normal += np.bincount(flat, weights=outer.ravel(), minlength=size * size).reshape(size, size)
 
 
 def _add_penalty(normal: np.ndarray, block: Block) -> None:

@@ -13,8 +13,12 @@ from costmodel.latency import AdditiveLatencyModel, latency_model_for
 from costmodel.latency_fit import fit_latency_model
 from costmodel.latency_library import (load_latency_models, measured_latency_model,
                                        save_latency_models)
-from costmodel.latency_predict import LearnOptions, Reference, learn_factors, predict_latency_model
-from costmodel.models import load_model_spec
+from costmodel.latency_physics import (GRAPH_MAX_SEQS, EnginePhysics, head_width,
+                                      kernels_per_layer)
+from costmodel.latency_predict import (L2_TO_DRAM_PRIOR, LatencyFactors, LearnOptions, Reference,
+                                       learn_factors, predict_latency_model)
+from costmodel.models import ModelSpec, load_model_spec
+from costmodel.spline_ls import Block, SplineDesign
 from costmodel.paths import shared_data
 from costmodel.profiles import BATCH_COLUMNS, REQUIRED_COLUMNS, read_profile
 
@@ -86,6 +90,15 @@ def test_iteration_time_by_hand():
     mixed = Batch(1, 100, 10_000.0, 10, 5_000)
     assert model.iteration_time(mixed) == pytest.approx(0.02 + 0.011 + 1e-5 + 1e-5 + 5e-4)
     assert model.iteration_time(Batch()) == 0.0
+
+
+def test_protocol_offers_the_longest_context_to_decode_runs():
+    import inspect
+
+    parameter = inspect.signature(LatencyModel.decode_run_time).parameters["decode_max_context"]
+    assert parameter.default == 0
+    model = hand_model()
+    assert model.decode_run_time(8, 4_000, 3, decode_max_context=1_000) > model.decode_run_time(8, 4_000, 3)
 
 
 def test_longest_sequence_wait_and_kernel_choice():
@@ -299,6 +312,171 @@ def test_factors_learned_on_some_models_predict_another():
     loaded = type(factors).from_dict(json.loads(json.dumps(factors.to_dict())))
     assert predict_latency_model(spec, 2, A100, loaded).iteration_time(Batch(decode_seqs=9, decode_context=900)) \
         == pytest.approx(physics.iteration_time(Batch(decode_seqs=9, decode_context=900)), rel=1e-5)
+
+
+# ---- physics of the config-predicted model, by hand --------------------------------------------------
+
+def test_kernel_counts_per_architecture():
+    assert kernels_per_layer(load_model_spec("Llama-2-7b-hf")) == 10
+    assert kernels_per_layer(load_model_spec("dolly-v2-12b")) == 14
+    assert kernels_per_layer(load_model_spec("gpt-j-6b")) == 12
+    assert kernels_per_layer(load_model_spec("chatglm3-6b")) == 12
+    assert kernels_per_layer(load_model_spec("Mixtral-8x7B-v0.1")) == 17
+    plain = ModelSpec("x", "unknown_family", 1024, 4, 16, 16, 4096, 1000, 2048, gated_mlp=False)
+    gated_moe = ModelSpec("y", "unknown_family", 1024, 4, 16, 4, 4096, 1000, 2048, gated_mlp=True,
+                          num_experts=4, experts_per_token=2)
+    assert kernels_per_layer(plain) == 13 and kernels_per_layer(gated_moe) == 10 + 7
+
+
+def test_engine_physics_by_hand():
+    llama = EnginePhysics(load_model_spec("Llama-2-7b-hf"), 2, A100, A100)
+    assert llama.gpu_kernels == 32 * 10 and llama.allreduces == 32 * 2
+    assert llama.host_ops == 32 * 12  # ten kernels and two all-reduces per layer
+    assert list(llama.blocks([1, 3])) == [16, 48]  # 32 heads over 2 devices
+    # Llama-2-70B at TP 4: 16 query heads and 2 KV heads of 128 per device, 80 layers
+    big = EnginePhysics(load_model_spec("Llama-2-70b-hf"), 4, A100, A100)
+    bw = A100.memory_bandwidth
+    assert big.kv_time == pytest.approx(2 * 80 * 2 * 128 * 2 / bw)
+    assert big.kv_query_time == pytest.approx(2 * 80 * 16 * 128 * 2 / bw)
+    assert big.block_time == pytest.approx(80 * 128 * 2 * 2 / bw)
+    # all-reduce bytes: 2 per layer of n x hidden fp16, ring factor 2 (tp-1)/tp, over NVLink
+    assert float(big.allreduce_time(10)) == pytest.approx(160 * 10 * 8192 * 2 * 2 * 3 / 4 / 300e9)
+    # prefill attention: 4 FLOPs per pair, head and layer, head size padded to a multiple of 32
+    assert big.pair_time == pytest.approx(4 * 80 * 16 * 128 / A100.peak_flops)
+    narrow = EnginePhysics(ModelSpec("p", "llama", 2560, 32, 32, 32, 6912, 32000, 2048, True), 1, A100, A100)
+    assert narrow.spec.head_dim == 80
+    assert narrow.pair_time == pytest.approx(4 * 32 * 32 * 96 / A100.peak_flops)
+
+
+def test_wide_heads_cost_more_per_byte_narrow_ones_do_not_cost_less():
+    assert head_width(256) == 2.0 and head_width(128) == 1.0 and head_width(64) == 1.0
+    gptj = EnginePhysics(load_model_spec("gpt-j-6b"), 1, A100, A100)
+    assert gptj.kv_time == pytest.approx(2 * 28 * 16 * 256 * 2 * 2.0 / A100.memory_bandwidth)
+
+
+def hand_factors(l2=True) -> LatencyFactors:
+    """Round factors: host 30 us per op, GPU 5 us per kernel, weights at peak bandwidth up to 100
+    tokens and then proportional to tokens, 1 ms / 0.5 ms fixed (prefill / decode), attention
+    efficiencies 1 (DRAM), 0.4 (L2 re-reads), straggler 2 (v1) and 0.5 (split)."""
+    curves = {"prefill.weights": Curve((1.0, 100.0, 10_000.0), (1.0, 1.0, 100.0)),
+              "decode.weights": Curve((1.0, 100.0, 10_000.0), (1.0, 1.0, 100.0)),
+              "decode.kv": Curve.constant(1.0), "decode.straggler": Curve.constant(2.0),
+              "decode.straggler_split": Curve.constant(0.5)}
+    if l2:
+        curves["decode.kv_l2"] = Curve.constant(0.4)
+    return LatencyFactors(
+        reference_device={"peak_flops": A100.peak_flops, "memory_bandwidth": A100.memory_bandwidth,
+                          "interconnect_bandwidth": A100.interconnect_bandwidth},
+        scalars={"prefill": {"per_seq": 0.0, "width_per_seq": 0.0, "attention": 2.0},
+                 "decode": {"per_seq": 1e-6, "width_per_seq": 0.0},
+                 "gpu": {"kernel": 5e-6}, "eager": {"op": 30e-6}},
+        per_tp={"prefill": {"fixed": {1: 1e-3}}, "decode": {"fixed": {1: 0.5e-3}}},
+        curves=curves)
+
+
+def test_predicted_linear_layers_take_the_larger_of_host_and_gpu_when_eager():
+    spec = load_model_spec("Llama-2-7b-hf")
+    model = predict_latency_model(spec, 1, A100, hand_factors())
+    weights = spec.decode_weight_bytes(1) / A100.memory_bandwidth  # dense: the same for any n
+    host = 30e-6 * 320
+    gpu_small = 5e-6 * 320 + weights  # below 100 tokens the weights are read at peak bandwidth
+    assert host > gpu_small
+    # a small prompt: the host's dispatch binds; a long one: the GPU's matmuls bind
+    assert model.iteration_time(Batch(1, 10, 100.0)) == pytest.approx(
+        1e-3 + host + 2.0 * 4 * 32 * 32 * 128 * 100 / A100.peak_flops, rel=1e-6)
+    assert model.prefill_linear(1000) == pytest.approx(1e-3 + 5e-6 * 320 + weights * 10, rel=1e-6)
+    # decode replays a CUDA graph up to 256 sequences (no host floor), runs eagerly beyond
+    assert model.decode_linear(10) == pytest.approx(0.5e-3 + gpu_small + 1e-6 * 10, rel=1e-6)
+    eager = GRAPH_MAX_SEQS + 1
+    gpu_eager = 5e-6 * 320 + weights * eager / 100
+    assert model.decode_linear(eager) == pytest.approx(0.5e-3 + max(host, gpu_eager) + 1e-6 * eager, rel=1e-6)
+
+
+def test_predicted_decode_attention_prices_grouped_query_rereads_from_l2():
+    bw = A100.memory_bandwidth
+    mha = predict_latency_model(load_model_spec("Llama-2-7b-hf"), 1, A100, hand_factors())
+    kv = 2 * 32 * 32 * 128 * 2 / bw
+    assert mha.decode_attention(7) == pytest.approx(kv * 1.0)
+    # Mistral-7B: 32 query heads share 8 KV heads: DRAM reads each KV head once, the other
+    # three query heads of each group re-read it from L2
+    gqa = predict_latency_model(load_model_spec("Mistral-7B-Instruct-v0.2"), 1, A100, hand_factors())
+    dram, query = 2 * 32 * 8 * 128 * 2 / bw, 2 * 32 * 32 * 128 * 2 / bw
+    assert gqa.decode_attention(7) == pytest.approx(dram * 1.0 + (query - dram) * 0.4)
+    unlearned = predict_latency_model(load_model_spec("Mistral-7B-Instruct-v0.2"), 1, A100,
+                                      hand_factors(l2=False))
+    assert unlearned.decode_attention(7) == pytest.approx(dram + (query - dram) * L2_TO_DRAM_PRIOR)
+    # the longest sequence's chain: one head's K and V per token and layer
+    assert gqa.straggler(7) == pytest.approx(32 * 128 * 2 * 2 / bw * 2.0)
+    assert gqa.straggler_split(7) == pytest.approx(32 * 128 * 2 * 2 / bw * 0.5)
+
+
+def test_nonnegative_curves_stay_nonnegative():
+    # y = 1 - x on x in [0, 1] with a curve forced to be >= 0 and a free constant: the least
+    # squares answer has a negative slope, so the curve pins at zero and the constant fits
+    x = np.linspace(0.0, 1.0, 50)
+    design = SplineDesign(len(x))
+    design.add_block(Block("curve", [0.0, 0.5, 1.0], 1.0, "linear", nonnegative=True))
+    design.add_term("curve", np.arange(len(x)), x, -1.0)
+    design.add_block(Block("constant", [1.0], 1.0))
+    design.add_term("constant", np.arange(len(x)), 1.0, 1.0)
+    values = design.solve(1.0 - x, np.ones(len(x)))
+    assert np.all(values["curve"] >= 0)
+    free = SplineDesign(len(x))
+    free.add_block(Block("curve", [0.0, 0.5, 1.0], 1.0, "linear"))
+    free.add_term("curve", np.arange(len(x)), x, -1.0)
+    assert free.solve(1.0 - x, np.ones(len(x)))["curve"][2] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nonnegative_solve_meets_the_optimality_conditions():
+    from costmodel.spline_ls import _nonnegative_solve
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        size = int(rng.integers(3, 12))
+        root = rng.normal(size=(size + 5, size))
+        normal, rhs = root.T @ root, rng.normal(size=size)
+        guarded = rng.random(size) < 0.7
+        theta, free = _nonnegative_solve(normal, rhs, guarded)
+        gradient = normal @ theta - rhs
+        assert np.all(theta[guarded] >= 0)
+        assert np.allclose(gradient[free], 0, atol=1e-8)  # stationary where free
+        assert np.all(gradient[~free] >= -1e-8)  # pinned ones would only raise the objective
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=6), st.lists(st.floats(-50, 500), max_size=20),
+       st.sampled_from(["linear", "constant"]))
+def test_vectorised_curve_matches_the_scalar_one(ys, points, extrapolate):
+    # integer knots: the scalar curve interpolates a table of its values at integers
+    curve = Curve(tuple(float(k) for k in np.cumsum(np.arange(1, len(ys) + 1))), tuple(ys), extrapolate)
+    assert np.allclose(curve.at(points), [curve(p) for p in points])
+
+
+def test_learning_recovers_host_and_gpu_costs_of_a_known_engine(tmp_path):
+    truth = hand_factors()
+    profiles = []
+    for name, tp in (("Llama-2-7b-hf", 1), ("Llama-2-13b-hf", 1), ("dolly-v2-12b", 1),
+                     ("Llama-2-7b-hf", 2), ("Mistral-7B-Instruct-v0.2", 1)):
+        spec = load_model_spec(name)
+        known = predict_latency_model(spec, tp, A100, truth if tp == 1 else _with_tp2(truth))
+        path = tmp_path / f"{name}_tp{tp}.csv"
+        write_profile(path, synthetic_rows(known, seed=tp))
+        profiles.append((read_profile(path), spec))
+    learned = learn_factors(profiles, A100, LearnOptions(rows_per_profile=400))
+    assert learned.scalars["eager"]["op"] == pytest.approx(30e-6, rel=0.15)
+    # a model none of them is: gpt-neox-20b (14 kernels a layer, 44 layers)
+    spec = load_model_spec("gpt-neox-20b")
+    known = predict_latency_model(spec, 1, A100, truth)
+    predicted = predict_latency_model(spec, 1, A100, learned)
+    for batch in (Batch(1, 8, 64.0), Batch(4, 4096, 4 * 1024.0 ** 2), Batch(decode_seqs=4, decode_context=4000),
+                  Batch(decode_seqs=200, decode_context=200 * 900, decode_max_context=2000)):
+        assert predicted.iteration_time(batch) == pytest.approx(known.iteration_time(batch), rel=0.1)
+
+
+def _with_tp2(factors: LatencyFactors) -> LatencyFactors:
+    per_tp = {phase: {"fixed": {2: table["fixed"][1]}, "allreduce": {2: 20e-6}, "comm": {2: 1.0}}
+              for phase, table in factors.per_tp.items()}
+    return LatencyFactors(factors.reference_device, factors.scalars, per_tp, factors.curves)
 
 
 # ---- command line ----------------------------------------------------------------------------------------
