@@ -13,6 +13,13 @@ Routes (all JSON; `Authorization: Bearer <secret>` on every route but /health):
   GET  /v1/apps/{app_run_id}/nodes/{node}       -> NodeStatus
   POST /v1/apps/{app_run_id}/cancel             -> AppStatus
   POST /v1/plan                                 DryRun -> samullm.schedule.Schedule (nothing runs)
+
+Errors are JSON `{"detail": message}`: 400 bad input (the message says what to change), 401 a
+missing or wrong secret, 404 an unknown run or node.
+
+Names a node's prompt reads must be known when the run registers: dataset columns, upstream
+nodes, or keys of `RegisterApplication.context` (values every prompt may read, such as Airflow
+params). `SubmitNode.context` may then give other values for those keys for one node.
 """
 
 from __future__ import annotations
@@ -59,19 +66,43 @@ class Health(BaseModel):
 
 class RegisterApplication(BaseModel):
     """Register one run of an application. The first call creates it and plans it; later calls
-    with the same id return its status and change nothing."""
+    with the same id return its status and change nothing.
+
+    context: values every node's prompt may read beside row columns and upstream outputs (e.g.
+      Airflow params); a row column of the same name wins.
+    method: "samullm" (default) or a planner baseline's name, to execute that baseline's plan."""
 
     app_run_id: str = Field(pattern=APP_RUN_ID_PATTERN)
     application: dict[str, Any]  # a samullm.graph.Application as JSON
     results_uri: str | None = None  # base location for result files (local path or fsspec URL)
     labels: dict[str, str] = Field(default_factory=dict)  # e.g. dag_id, run_id for the UI
+    context: dict[str, Any] = Field(default_factory=dict)
+    method: str = "samullm"
 
 
 class SubmitNode(BaseModel):
-    """The node may run now: its upstream outputs exist. `context` holds extra values its
-    prompt may read beside row columns and upstream outputs (e.g. Airflow params)."""
+    """The node may run now: its upstream outputs exist. `context` overrides values of the
+    run's context for this node's prompt. Submitting a node that succeeded changes nothing;
+    submitting one that failed or was cancelled runs it again (its finished rows are kept)."""
 
     context: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResultManifest(BaseModel):
+    """Where a finished node's column is and what it holds (this is what goes to XCom).
+    The column file has one JSON object per row, in dataset order: row_id, text,
+    prompt_tokens, output_tokens, finish_reason ("stop", "length" or "error") and error."""
+
+    app_run_id: str
+    node: str
+    model: str
+    uri: str
+    manifest_uri: str
+    rows: int
+    failed_rows: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    written_at: dt.datetime
 
 
 class DryRun(BaseModel):
@@ -99,12 +130,18 @@ class NodeStatus(BaseModel):
     output_tokens: int = 0
     attempts: int = 0
     plan: NodePlan | None = None
-    result_uri: str | None = None
+    result_uri: str | None = None  # the column file, once the node succeeded
+    manifest_uri: str | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
-    seconds_running: float = 0.0
-    load_seconds: float | None = None
+    seconds_running: float = 0.0  # engine workers' lifetime, summed over launches
+    compute_seconds: float = 0.0  # of which engines were loaded and working
+    load_seconds: float | None = None  # start-up of the latest launch
+    crashes: int = 0  # engine workers that died without a last word (restarted while allowed)
     error: str | None = None
+    # The most frequent per-row failure reasons (e.g. a prompt longer than the context), each
+    # with its count; those rows are in the column with finish_reason "error".
+    row_errors: list[tuple[str, int]] = Field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -119,6 +156,8 @@ class AppStatus(BaseModel):
     created_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     error: str | None = None
+    method: str = "samullm"
+    results_uri: str | None = None
 
 
 class ActualStageNode(BaseModel):

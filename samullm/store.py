@@ -20,6 +20,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Boolean,
     Integer,
     String,
     Text,
@@ -27,7 +28,9 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -55,6 +58,32 @@ class AppRun(Base):
     state: Mapped[str] = mapped_column(String(20), default="running")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Where final result columns go (local path or fsspec URL); None: the runner's default.
+    results_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    method: Mapped[str | None] = mapped_column(String(100), nullable=True)  # planner method
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # prompt values
+
+
+class NodeRecord(Base):
+    """One node of one application run, across all its engine launches: submitted or not, its
+    state as clients see it, where its results went. (`NodeRun` is one launch.)"""
+
+    __tablename__ = "samullm_node"
+    app_run_id: Mapped[str] = mapped_column(
+        ForeignKey("samullm_app_run.id", ondelete="CASCADE"), primary_key=True
+    )
+    node: Mapped[str] = mapped_column(String(250), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    submitted: Mapped[bool] = mapped_column(Boolean, default=False)
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    rows_total: Mapped[int | None] = mapped_column(Integer, nullable=True)  # known once runnable
+    crashes: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    manifest_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
@@ -98,7 +127,11 @@ class NodeRun(Base):
     tp: Mapped[int] = mapped_column(Integer, default=1)
     dp: Mapped[int] = mapped_column(Integer, default=1)
     device_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    replicas: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # ids per replica
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Every worker process this launch started: [pid, process create time] (to tell a pid
+    # reused by another process from ours when a restarted runner looks for orphans).
+    pids: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     rows_total: Mapped[int] = mapped_column(Integer, default=0)
     rows_done: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -142,6 +175,9 @@ class ObservedStat(Base):
 
     kind "output_lengths": payload {"lengths": [...], "censored": [...]} for `model`.
     kind "latency": payload {"iterations": [[batch fields..., seconds], ...]} for (model, tp, device).
+    kind "engine_limits": payload {max_model_len, max_num_seqs, max_num_batched_tokens,
+      block_size, kv_cache_blocks, options} as an engine of (model, tp, device) reported them.
+    kind "load": payload {"seconds": from worker start to engine loaded, "load_s", "import_s"}.
     """
 
     __tablename__ = "samullm_observed_stat"
@@ -174,6 +210,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Add columns this version defines that an older store's tables lack (all nullable or
+    defaulted on insert), so a store made by an earlier version keeps working."""
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
 class Store:
     """Thin, typed access to the tables; every method is its own transaction."""
 
@@ -183,6 +235,7 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -196,15 +249,31 @@ class Store:
     # -- application runs -------------------------------------------------------------------
 
     def register_app_run(
-        self, app_run_id: str, name: str, graph: dict[str, Any], node_spec: dict[str, Any]
+        self,
+        app_run_id: str,
+        name: str,
+        graph: dict[str, Any],
+        node_spec: dict[str, Any],
+        *,
+        nodes: Sequence[str] = (),
+        results_uri: str | None = None,
+        labels: dict[str, Any] | None = None,
+        method: str | None = None,
+        context: dict[str, Any] | None = None,
     ) -> tuple[AppRun, bool]:
-        """Create the run if new; return it and whether it was created (idempotent)."""
+        """Create the run (and a pending record per node in `nodes`) if new; return it and
+        whether it was created (idempotent: an existing run is returned unchanged)."""
         with self.session() as s:
             existing = s.get(AppRun, app_run_id)
             if existing is not None:
                 return existing, False
-            run = AppRun(id=app_run_id, name=name, graph=graph, node_spec=node_spec)
+            run = AppRun(
+                id=app_run_id, name=name, graph=graph, node_spec=node_spec,
+                results_uri=results_uri, labels=labels or {}, method=method, context=context or {},
+            )
             s.add(run)
+            s.flush()  # the nodes' foreign key needs the run first
+            s.add_all(NodeRecord(app_run_id=app_run_id, node=n, state="pending") for n in nodes)
             return run, True
 
     def get_app_run(self, app_run_id: str) -> AppRun | None:
@@ -227,6 +296,26 @@ class Store:
             run.error = error
             if state in ("success", "failed", "cancelled"):
                 run.finished_at = utcnow()
+
+    # -- nodes of a run --------------------------------------------------------------------
+
+    def node_records(self, app_run_id: str) -> list[NodeRecord]:
+        with self.session() as s:
+            query = select(NodeRecord).where(NodeRecord.app_run_id == app_run_id)
+            return list(s.scalars(query))
+
+    def get_node(self, app_run_id: str, node: str) -> NodeRecord | None:
+        with self.session() as s:
+            return s.get(NodeRecord, (app_run_id, node))
+
+    def update_node(self, app_run_id: str, node: str, **fields: Any) -> NodeRecord:
+        with self.session() as s:
+            record = s.get(NodeRecord, (app_run_id, node))
+            if record is None:
+                raise KeyError((app_run_id, node))
+            for key, value in fields.items():
+                setattr(record, key, value)
+            return record
 
     # -- plans and stages -------------------------------------------------------------------
 
@@ -335,6 +424,12 @@ class Store:
             for key, value in fields.items():
                 setattr(run, key, value)
 
+    def open_node_runs(self) -> list[NodeRun]:
+        """Launches of any run that never recorded an end (their workers may still live)."""
+        with self.session() as s:
+            query = select(NodeRun).where(NodeRun.ended_at.is_(None))
+            return list(s.scalars(query.order_by(NodeRun.id)))
+
     def node_runs(self, app_run_id: str, node: str | None = None) -> list[NodeRun]:
         with self.session() as s:
             query = select(NodeRun).where(NodeRun.app_run_id == app_run_id)
@@ -440,6 +535,33 @@ class Store:
                 RowResult.error.is_(None),
             )
             return [(int(n), reason) for n, reason in s.execute(query)]
+
+    def output_tokens_by_row(self, app_run_id: str, node: str) -> dict[str, int]:
+        """Row id -> output tokens of every successful row of a node."""
+        with self.session() as s:
+            query = select(RowResult.row_id, RowResult.output_tokens).where(
+                RowResult.app_run_id == app_run_id,
+                RowResult.node == node,
+                RowResult.error.is_(None),
+            )
+            return {row_id: int(n) for row_id, n in s.execute(query)}
+
+    def failure_reasons(self, app_run_id: str, node: str, limit: int = 5) -> list[tuple[str, int]]:
+        """The most frequent per-row failure reasons of a node, with their counts."""
+        with self.session() as s:
+            count = func.count().label("n")
+            query = (
+                select(RowResult.error, count)
+                .where(
+                    RowResult.app_run_id == app_run_id,
+                    RowResult.node == node,
+                    RowResult.error.is_not(None),
+                )
+                .group_by(RowResult.error)
+                .order_by(count.desc())
+                .limit(limit)
+            )
+            return [(str(error), int(n)) for error, n in s.execute(query)]
 
     # -- observed statistics ----------------------------------------------------------------
 

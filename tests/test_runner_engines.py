@@ -1,0 +1,196 @@
+"""The runner on real vLLM engines (tiny models, CPU): an engine worker killed with -9 mid-node
+is restarted with its missing rows; a plan that moves a running node stops it and starts it
+elsewhere with only the rows without a result; the runner killed with -9 mid-run resumes from
+the store when started again. Every row ends exactly once; none is computed twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from samullm.api import RegisterApplication
+from samullm.results import NodeCheckpoint, read_column
+from samullm.runner import Runner
+from samullm.runtime.config import make_config
+from samullm.store import Store
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 600  # engine starts take 10-60 s on a busy two-core machine
+
+
+def long_app(model, rows: int, devices: list[int] | None = None, name: str = "long") -> dict:
+    """One node whose rows take a while (imposed output lengths, few sequences at a time)."""
+    node = {
+        "name": "gen", "model": str(model), "prompt": "Say {{ q }}",
+        "sampling": {"max_tokens": 120, "ignore_eos": True},
+        "engine": {"max_model_len": 256, "max_num_seqs": 2},
+    }
+    if devices is not None:
+        node["plan"] = {"tp": 1, "devices": devices}
+    return {"name": name, "dataset": {"rows": [{"q": f"row {i} " + "ab " * (i % 7)} for i in range(rows)]},
+            "nodes": [node]}
+
+
+def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition", poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_each_row_once(checkpoint: NodeCheckpoint, column_uri: str, rows: int) -> None:
+    counts = checkpoint.line_counts()
+    assert sorted(counts, key=int) == [str(i) for i in range(rows)], "a row is missing from the parts"
+    assert set(counts.values()) == {1}, f"rows computed twice: {[r for r, c in counts.items() if c > 1]}"
+    column = read_column(column_uri)
+    assert [r["row_id"] for r in column] == [str(i) for i in range(rows)]
+    assert all(r["output_tokens"] == 120 and r["finish_reason"] == "length" for r in column)
+
+
+def two_devices(config) -> None:
+    if config.node_spec.num_devices < 2:
+        pytest.skip("needs two devices")
+
+
+def test_killed_worker_restarts_and_a_moved_node_restarts_with_missing_rows_only(tmp_path, tiny_s):
+    config = make_config("cpu", home=str(tmp_path / "home"), tick_s=0.1)
+    two_devices(config)
+    rows = 40
+    with Runner(config) as runner:
+        runner.start()
+        runner.register(RegisterApplication(app_run_id="r", application=long_app(tiny_s, rows, devices=[0])),
+                        submit_all=True)
+        checkpoint = NodeCheckpoint(config.home / "runs" / "r" / "gen")
+
+        def done() -> int:
+            return runner.node_status("r", "gen").rows_done
+
+        # 1. kill -9 the engine worker once it has finished a few rows
+        wait_until(lambda: done() >= 3, what="first rows")
+        first_run = runner.store.node_runs("r", "gen")[0]
+        pid = first_run.pids[0][0]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: runner.node_status("r", "gen").crashes == 1, what="the crash to be noticed")
+        part_before = checkpoint.part_path(1, 0).read_bytes()
+        wait_until(lambda: runner.store.node_runs("r", "gen")[0].pids and len(runner.store.node_runs("r", "gen")[0].pids) == 2,
+                   what="the replacement worker")
+        assert checkpoint.part_path(1, 0, 1).parent == checkpoint.dir
+
+        # 2. a plan that moves the running node to device 1: stopped, restarted there with the
+        #    rows that have no result (forced here: tiny models never pay a reload)
+        wait_until(lambda: runner.node_status("r", "gen").state == "running" and done() >= len(part_before.splitlines()) + 2,
+                   what="the restarted engine to make progress")
+        current = runner.view("r").plans[-1].schedule
+        stage = current.stages[0]
+        moved = stage.model_copy(update={"nodes": [stage.nodes[0].model_copy(update={
+            "devices": [1], "replicas": [[1]], "action": "restart"})]})
+        version = runner.apply_plan("r", current.model_copy(update={"stages": [moved]}), "test: move to device 1")
+        wait_until(lambda: len(runner.store.node_runs("r", "gen")) == 2, what="the move")
+        done_at_move = checkpoint.done_ids()
+        status = runner.wait("r", timeout=TIMEOUT)
+        assert status.state == "success", status.error
+
+        node_runs = runner.store.node_runs("r", "gen")
+        assert [(r.device_ids, r.state) for r in node_runs] == [([0], "stopped"), ([1], "finished")]
+        job = json.loads((checkpoint.dir / "worker-0002-00-00" / "job.json").read_text())
+        assert {row["row_id"] for row in job["rows"]}.isdisjoint(done_at_move)  # only missing rows
+        assert checkpoint.part_path(1, 0).read_bytes() == part_before  # the killed worker's rows kept as they were
+        assert_each_row_once(checkpoint, runner.node_status("r", "gen").result_uri, rows)
+        kinds = [e.kind for e in runner.store.events(node_runs[0].id)]
+        assert "crashed" in kinds and "stop_requested" in kinds
+        view = runner.view("r")
+        assert version in {p.version for p in view.plans}
+        assert [s.nodes[0].devices for s in view.stages] == [[0], [1]]  # a new stage when the set changed
+        assert all(s.end is not None for s in view.stages)
+        assert runner.health().devices_busy == []
+
+
+def run_cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "samullm", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_runner_killed_mid_run_resumes_from_the_store(tmp_path, tiny_s):
+    rows = 30
+    app_file = tmp_path / "app.yaml"
+    app_file.write_text(yaml.safe_dump(long_app(tiny_s, rows)))
+    home = tmp_path / "home"
+    args = ("run", str(app_file), "--home", str(home), "--run-id", "resume-me", "--quiet")
+    first = run_cli(*args)
+    try:
+        def rows_done() -> int:
+            if not (home / "store.db").exists():
+                return 0
+            store = Store(f"sqlite:///{home / 'store.db'}")
+            try:
+                return sum(c["rows"] for c in store.row_counts("resume-me").values())
+            finally:
+                store.close()
+
+        wait_until(lambda: rows_done() >= 3 or first.poll() is not None, what="rows before the kill", poll=0.5)
+        assert first.poll() is None, first.communicate()
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    checkpoint = NodeCheckpoint(home / "runs" / "resume-me" / "gen")
+    before = checkpoint.results()
+    assert before, "no row was finished before the kill"
+    # Started again at once: the orphan worker may still be stopping; the runner waits for it.
+    second = run_cli(*args)
+    out, err = second.communicate(timeout=TIMEOUT)
+    assert second.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["state"] == "success" and summary["nodes"]["gen"]["rows"] == rows
+    after = checkpoint.results()
+    assert all(after[r] == before[r] for r in before)  # nothing done before was redone or changed
+    store = Store(f"sqlite:///{home / 'store.db'}")
+    try:
+        runs = store.node_runs("resume-me", "gen")
+        assert runs[0].state == "interrupted" and runs[-1].state == "finished"
+        column_uri = store.get_node("resume-me", "gen").result_uri
+    finally:
+        store.close()
+    assert_each_row_once(checkpoint, column_uri, rows)
+
+
+def test_two_runs_at_once_share_the_devices_without_double_booking(tmp_path, tiny_s, tiny_model_dir):
+    config = make_config("cpu", home=str(tmp_path / "home"), tick_s=0.1)
+    two_devices(config)
+
+    def app(model, name):
+        return {"name": name, "dataset": {"rows": [{"q": f"{name} {i}"} for i in range(6)]},
+                "nodes": [{"name": "n", "model": str(model), "prompt": "{{ q }}", "plan": {"tp": 1, "dp": 1},
+                           "sampling": {"max_tokens": 40, "ignore_eos": True}, "engine": {"max_model_len": 128}}]}
+
+    with Runner(config) as runner:
+        runner.start()
+        runner.register(RegisterApplication(app_run_id="one", application=app(tiny_s, "one")), submit_all=True)
+        runner.register(RegisterApplication(app_run_id="two", application=app(tiny_model_dir("tiny-m"), "two")),
+                        submit_all=True)
+        assert runner.wait("one", timeout=TIMEOUT).state == "success"
+        assert runner.wait("two", timeout=TIMEOUT).state == "success"
+        runs = runner.store.node_runs("one") + runner.store.node_runs("two")
+        overlaps = 0
+        for a in runs:
+            for b in runs:
+                if a.id < b.id and a.started_at < b.ended_at and b.started_at < a.ended_at:
+                    overlaps += 1
+                    assert set(a.device_ids).isdisjoint(b.device_ids), (a.device_ids, b.device_ids)
+        assert overlaps  # one engine per device (pinned TP1): the union plan runs both at once
+        reasons = [p.reason for p in runner.store.plans("one")]
+        assert reasons[:2] == ["initial plan", "run two joined"]
