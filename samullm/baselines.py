@@ -61,9 +61,10 @@ def _finish(tl: Timeline, launches: dict[str, ExecPlan]) -> dict[str, Choice]:
 
 
 def sequential(tl: Timeline) -> dict[str, Choice]:
-    if tl.running():
+    runnable = tl.runnable()
+    if tl.running() or not runnable:  # nothing to start: let what runs finish
         return _finish(tl, {})
-    name = tl.runnable()[0]
+    name = runnable[0]
     return _finish(tl, {name: fastest_plan(tl, name, tl.coster.topology.num_devices)})
 
 
