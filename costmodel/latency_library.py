@@ -21,7 +21,7 @@ from costmodel.latency import AdditiveLatencyModel
 from costmodel.latency_fit import FitOptions, fit_latency_model
 from costmodel.latency_predict import LatencyFactors, Reference, predict_latency_model
 from costmodel.models import ModelSpec, load_model_spec, match_model_name
-from costmodel.paths import package_data
+from costmodel.paths import calibration_roots, package_data
 from costmodel.profiles import ProfileRows, read_profile
 
 BUNDLE_FORMAT = "samullm-latency-bundle/1"
@@ -37,11 +37,11 @@ def shipped_latency_dir(device_name: str) -> Path:
 
 
 def search_dirs(device_name: str) -> list[Path]:
-    """Directories of fitted models for a device, first match wins: each directory listed in
-    $SAMULLM_LATENCY_DIR (os.pathsep-separated; its DEVICE subfolder), then the shipped one.
+    """Directories of fitted models for a device, first match wins: the DEVICE subfolder of
+    each calibration root (`costmodel.paths.calibration_roots`), then the shipped one.
     The runtime can drop fits calibrated on this machine there (`samullm costmodel fit
     --device cpu --out $SAMULLM_LATENCY_DIR/cpu-core`)."""
-    extra = [Path(p) / device_name for p in os.environ.get("SAMULLM_LATENCY_DIR", "").split(os.pathsep) if p]
+    extra = [root / device_name for root in calibration_roots()]
     return [d for d in extra + [shipped_latency_dir(device_name)] if d.is_dir()]
 
 

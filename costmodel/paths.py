@@ -26,3 +26,14 @@ def shared_data(name: str) -> Path:
 def package_data(name: str) -> Path:
     """A derived-figures file shipped in costmodel/data/."""
     return PACKAGE_DATA / name
+
+
+def calibration_roots() -> list[Path]:
+    """Folders holding figures calibrated on this installation, first match wins: each entry
+    of $SAMULLM_LATENCY_DIR (os.pathsep-separated), then $SAMULLM_HOME/calibration, else
+    ./.samullm/calibration (the default home of the runner and `samullm calibrate`). Inside a
+    root: DEVICE/ holds latency fits, startup/DEVICE.json a start-up fit."""
+    roots = [Path(p) for p in os.environ.get("SAMULLM_LATENCY_DIR", "").split(os.pathsep) if p]
+    home = os.environ.get("SAMULLM_HOME")
+    roots.append((Path(home) if home else Path(".samullm")).resolve() / "calibration")
+    return roots

@@ -26,7 +26,7 @@ import numpy as np
 from costmodel.errors import UserInputError
 from costmodel.hardware import DeviceSpec
 from costmodel.models import ModelSpec, load_model_spec, match_model_name
-from costmodel.paths import package_data
+from costmodel.paths import calibration_roots, package_data
 
 SHIPPED = "engine_load.json"
 GiB = 1024**3
@@ -102,9 +102,10 @@ def _shipped() -> _Shipped:
 
 def load_seconds(spec: ModelSpec, tp: int, device: DeviceSpec, fit: StartupFit | None = None) -> float:
     """Seconds to start an engine for `spec` at TP degree `tp` on `device`: a calibrated `fit`
-    when given; on A100 devices the measured figure when the model and TP are listed, else the
+    when given, else the one `samullm calibrate` left for this device (`calibrated_startup`); on A100 devices the measured figure when the model and TP are listed, else the
     A100 fit; on CPU devices the CPU default; on other GPUs the A100 fit."""
     spec.heads_per_device(tp)  # rejects a TP degree the model cannot use
+    fit = fit or calibrated_startup(device.name)
     if fit is not None:
         return fit.predict(spec, tp)
     shipped = _shipped()
@@ -115,6 +116,20 @@ def load_seconds(spec: ModelSpec, tp: int, device: DeviceSpec, fit: StartupFit |
         if name is not None and (name, tp) in shipped.table:
             return shipped.table[(name, tp)]
     return shipped.gpu_fit.predict(spec, tp)
+
+
+def calibrated_startup(device_name: str) -> StartupFit | None:
+    """The start-up fit `samullm calibrate` wrote for this device, if any (first root wins)."""
+    for root in calibration_roots():
+        path = root / "startup" / f"{device_name}.json"
+        if path.is_file():
+            return _load_fit(str(path), path.stat().st_mtime)
+    return None
+
+
+@lru_cache(maxsize=8)
+def _load_fit(path: str, _mtime: float) -> StartupFit:
+    return StartupFit.load(path)
 
 
 def derive_startup_data(load_seconds_file: str | os.PathLike) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from costmodel.latency_library import FACTORS_FILE, latency_model_for, save_late
 from costmodel.latency_predict import LatencyFactors, learn_factors
 from costmodel.models import ModelSpec, load_model_spec
 from costmodel.profiles import ProfileRows, read_profile
+from costmodel.paths import calibration_roots
 from costmodel.startup import StartupFit, fit_startup
 from samullm.devices import DeviceSet
 from samullm.errors import UserInputError
@@ -68,7 +69,6 @@ from samullm.worker.messages import EngineOptions, IterationRecord, JobSpec
 FORMAT = "samullm-calibration/2"
 OVERHEAD_FORMAT = "samullm-worker-overhead/1"
 GiB = 1 << 30
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_PROFILE_KV_TOKENS = 131072  # decode points hold at most this many KV tokens (prefill cost)
 KV_FILL = 0.8  # ... and at most this share of the engine's KV cache (no preemption in a profile)
 DECODE_CONTEXTS = (16, 128, 512, 1024, 1900)
@@ -77,13 +77,10 @@ DECODE_CONTEXTS = (16, 128, 512, 1024, 1900)
 # ---- where calibrations live ----------------------------------------------------------------
 
 def calibration_root() -> Path:
-    """The first directory of $SAMULLM_LATENCY_DIR (so that `latency_model_for` finds the fits),
-    else $SAMULLM_HOME/calibration, else .samullm/calibration under the repository root."""
-    for entry in os.environ.get("SAMULLM_LATENCY_DIR", "").split(os.pathsep):
-        if entry:
-            return Path(entry)
-    home = os.environ.get("SAMULLM_HOME")
-    return (Path(home) if home else REPO_ROOT / ".samullm") / "calibration"
+    """Where calibration is written: the first of `costmodel.paths.calibration_roots()` (the
+    first $SAMULLM_LATENCY_DIR entry, else $SAMULLM_HOME/calibration, else
+    ./.samullm/calibration), which is where the cost model looks first."""
+    return calibration_roots()[0]
 
 
 def latency_dir(root: Path, device: str) -> Path:

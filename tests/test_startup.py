@@ -32,7 +32,9 @@ def test_unlisted_pairs_take_the_fit_on_weight_bytes():
     assert load_seconds(vicuna, 1, h100) == pytest.approx(expected1)
 
 
-def test_cpu_default_is_fixed_plus_reading_weights():
+def test_cpu_default_is_fixed_plus_reading_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMULLM_HOME", str(tmp_path))  # no calibration: the shipped default
+    monkeypatch.delenv("SAMULLM_LATENCY_DIR", raising=False)
     spec = load_model_spec("Llama-2-7b-hf")
     assert load_seconds(spec, 1, cpu_device_spec()) == pytest.approx(29.0 + spec.weight_bytes(1) / GiB)
 
@@ -60,3 +62,12 @@ def test_shipped_figures_are_derived_from_the_shared_file():
     if not source.is_file():
         pytest.skip("shared data not available")
     assert json.loads(package_data("engine_load.json").read_text()) == json.loads(json.dumps(derive_startup_data(source)))
+
+
+def test_calibrated_fit_is_found_in_the_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMULLM_HOME", str(tmp_path))
+    monkeypatch.delenv("SAMULLM_LATENCY_DIR", raising=False)
+    device = cpu_device_spec()
+    (tmp_path / "calibration" / "startup").mkdir(parents=True)
+    StartupFit({1: 10.0, 2: 20.0}, 0.0).save(tmp_path / "calibration" / "startup" / f"{device.name}.json")
+    assert load_seconds(load_model_spec("Llama-2-7b-hf"), 2, device) == pytest.approx(20.0)

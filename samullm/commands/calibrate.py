@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--devices", default="cpu", help="cpu | gpu | node file (default cpu)")
     parser.add_argument("--root", default=None,
                         help="calibration root (default: first $SAMULLM_LATENCY_DIR entry, else "
-                             "$SAMULLM_HOME/calibration, else .samullm/calibration in the repo)")
+                             "$SAMULLM_HOME/calibration, else ./.samullm/calibration)")
     parser.add_argument("--repeats", type=int, default=1, help="run every swept shape this many times")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0,
                         help="CPU: KV cache per engine rank in GiB (default 1.0)")
