@@ -4,7 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.samullm-installed
 
-.PHONY: setup demo test test-unit test-integration clean
+SUDO   := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+
+.PHONY: setup sysdeps demo test test-unit test-integration clean
 
 # Re-install only when the project's metadata or this file changed.
 $(STAMP): pyproject.toml Makefile
@@ -17,16 +19,22 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# System packages tests/airflow needs: Debian's Chromium (the UI page in a headless browser) and
+# PostgreSQL (a Postgres-backed Airflow + store run). Checked every time (fast), installed once.
+sysdeps:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
+
 demo: setup
 	$(PY) -m samullm.demo
 
-test: setup
+test: setup sysdeps
 	$(PY) -m pytest -q
 
 test-unit: setup
 	$(PY) -m pytest -q -m "not integration"
 
-test-integration: setup
+test-integration: setup sysdeps
 	$(PY) -m pytest -q -m integration
 
 clean:
