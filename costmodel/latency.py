@@ -33,6 +33,7 @@ device). Both protocol methods cost a few microseconds: curves are tables indexe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -70,6 +71,18 @@ class AdditiveLatencyModel:
     info: dict[str, Any] = field(default_factory=dict, compare=False)
 
     # ---- the LatencyModel protocol ----------------------------------------------------------
+    def scaled(self, factor: float) -> "AdditiveLatencyModel":
+        """The same model with every iteration `factor` times as long."""
+        def times(curve: Curve) -> Curve:
+            return Curve(curve.x, tuple(v * factor for v in curve.y), curve.extrapolate)
+
+        return dataclasses.replace(
+            self, prefill_per_seq=self.prefill_per_seq * factor,
+            **{name: times(getattr(self, name)) for name in
+               ("prefill_linear", "decode_linear", "prefill_attention", "decode_attention", "straggler",
+                "straggler_split")},
+            info=dict(self.info))
+
     def iteration_time(self, batch: Batch) -> float:
         prefill_tokens = batch.prefill_tokens
         decode_seqs = batch.decode_seqs

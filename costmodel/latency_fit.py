@@ -45,6 +45,15 @@ class FitOptions:
     step_penalty: float = 0.1
     attention_smoothing: float = 3.0
     monotone: bool = True
+    # The wait for a batch's longest sequence (latency.py's last term) belongs to the early-2024
+    # engine behind the A100 data. vLLM v1's attention has none, and profiles of it cannot
+    # identify the term (their decode waves have equal lengths): left free it comes out wildly
+    # wrong, so such profiles are fitted without it (zero curves).
+    longest_sequence_wait: bool = True
+    # A fit of relative errors does not keep the sum: the fitted model's total over the profile
+    # can be off by several percent even where single iterations are unbiased. A run's time is a
+    # sum of iterations, so optionally rescale the fit to the profile's measured total.
+    preserve_total: bool = False
 
 
 def split_kernel_mask(decode_seqs, longest, heads_per_device: int) -> np.ndarray:
@@ -101,7 +110,7 @@ def fit_latency_model(rows: ProfileRows, spec: ModelSpec, device: DeviceSpec | s
                            options.attention_smoothing, True, seq_breaks, options.step_penalty))
     design.add_term("decode_attention", dec, seqs, rows.decode_context[dec])
 
-    excess = straggler_excess(rows)[dec]
+    excess = straggler_excess(rows)[dec] if options.longest_sequence_wait else np.zeros(len(dec))
     split = split_kernel_mask(seqs, rows.decode_max_context[dec], heads)
     for name, mask in (("straggler", ~split), ("straggler_split", split)):
         design.add_block(Block(name, seq_knots, scale_for(excess), "constant",
@@ -125,7 +134,13 @@ def fit_latency_model(rows: ProfileRows, spec: ModelSpec, device: DeviceSpec | s
         curves["prefill_linear"] = curves["decode_linear"]
     if not len(dec_only):
         curves["decode_linear"] = curves["prefill_linear"]
-    return AdditiveLatencyModel(
+    model = AdditiveLatencyModel(
         model=rows.model, tp=rows.tp, device=device_name, kind="fitted",
         prefill_per_seq=max(float(values["prefill_per_seq"][0]), 0.0), heads_per_device=heads,
         source=rows.source, info={"rows": len(rows)}, **curves)
+    if options.preserve_total:
+        predicted = sum(model.iteration_time(rows.batch(i)) for i in range(len(rows)))
+        factor = float(t.sum()) / predicted if predicted > 0 else 1.0
+        model = model.scaled(factor)
+        model.info["total_rescale"] = round(factor, 5)
+    return model

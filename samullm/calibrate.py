@@ -49,11 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from costmodel.curves import Curve
 from costmodel.engine_config import EngineConfig
 from costmodel.hardware import DeviceSpec
 from costmodel.latency import AdditiveLatencyModel
-from costmodel.latency_fit import fit_latency_model
+from costmodel.latency_fit import FitOptions, fit_latency_model
 from costmodel.latency_library import FACTORS_FILE, latency_model_for, save_latency_models
 from costmodel.latency_predict import LatencyFactors, learn_factors
 from costmodel.models import ModelSpec, load_model_spec
@@ -316,10 +315,7 @@ def fit_calibrated_latency(rows: ProfileRows, spec: ModelSpec, device: DeviceSpe
                            ) -> AdditiveLatencyModel:
     """The cost model's fit without the longest-sequence term (module docstring), with its
     error on the profile's own rows in `info`."""
-    flat = dataclasses.replace(rows, decode_max_context=np.zeros_like(rows.decode_max_context))
-    fitted = fit_latency_model(flat, spec, device)
-    zero = Curve.constant(0.0)
-    model = dataclasses.replace(fitted, straggler=zero, straggler_split=zero)
+    model = fit_latency_model(rows, spec, device, FitOptions(longest_sequence_wait=False, preserve_total=True))
     predicted = np.array([model.iteration_time(rows.batch(i)) for i in range(len(rows))])
     error = np.abs(predicted / rows.seconds - 1)
     model.info.update({

@@ -545,3 +545,46 @@ def test_calibrated_fits_in_the_latency_dir_take_precedence(tmp_path, monkeypatc
         assert chosen.iteration_time(Batch(decode_seqs=10, decode_context=5_000)) == pytest.approx(0.011)
     finally:
         _latency_model_for.cache_clear()
+
+
+@needs_data
+def test_costmodel_fit_drops_the_longest_sequence_wait_for_profiles_of_this_vllm(tmp_path):
+    """A profile `samullm profile` wrote (its .meta.json beside it) is fitted without the A100
+    engine's wait for the longest sequence; the A100 data's own profiles keep it."""
+    import shutil
+
+    from samullm.cli import main as cli_main
+
+    for folder, meta in (("a100", False), ("v1", True)):
+        (tmp_path / folder).mkdir()
+        shutil.copy(PROFILES / "vicuna-13b-v1.5_tp1.csv", tmp_path / folder / "vicuna-13b-v1.5_tp1.csv")
+        if meta:
+            (tmp_path / folder / "vicuna-13b-v1.5_tp1.meta.json").write_text("{}")
+        assert cli_main(["costmodel", "fit", "--profiles", str(tmp_path / folder),
+                         "--out", str(tmp_path / f"{folder}-fit")]) == 0
+    (a100,), _ = load_latency_models(tmp_path / "a100-fit")
+    (v1,), _ = load_latency_models(tmp_path / "v1-fit")
+    assert a100.info["engine"] == "v0_padded" and max(a100.straggler.y) > 0
+    assert v1.info["engine"] == "v1" and max(v1.straggler.y) == 0 and max(v1.straggler_split.y) == 0
+
+
+def test_scaled_model_times_every_iteration_by_the_factor():
+    model = hand_model()
+    batch = Batch(prefill_seqs=2, prefill_tokens=300, prefill_attention=40_000, decode_seqs=5,
+                  decode_context=900, decode_max_context=400)
+    assert model.scaled(1.25).iteration_time(batch) == pytest.approx(1.25 * model.iteration_time(batch))
+    assert model.scaled(1.25).decode_run_time(8, 2000, 10) == pytest.approx(1.25 * model.decode_run_time(8, 2000, 10))
+
+
+@needs_data
+def test_fit_can_keep_the_profiles_total_time():
+    from costmodel.latency_fit import FitOptions
+
+    rows = read_profile(PROFILES / "vicuna-13b-v1.5_tp1.csv")
+    spec = load_model_spec("vicuna-13b-v1.5")
+    kept = fit_latency_model(rows, spec, "a100-80gb", FitOptions(preserve_total=True))
+    total = sum(kept.iteration_time(rows.batch(i)) for i in range(len(rows)))
+    assert total == pytest.approx(float(rows.seconds.sum()), rel=1e-9)
+    plain = fit_latency_model(rows, spec, "a100-80gb")
+    assert kept.info["total_rescale"] * plain.iteration_time(rows.batch(0)) == pytest.approx(
+        kept.iteration_time(rows.batch(0)), rel=1e-4)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -11,7 +13,7 @@ from rich.table import Table
 
 from costmodel.hardware import DeviceSpec, cpu_device_spec, get_device_preset
 from costmodel.interface import Batch
-from costmodel.latency_fit import fit_latency_model
+from costmodel.latency_fit import FitOptions, fit_latency_model
 from costmodel.latency_library import latency_model_for, save_latency_models
 from costmodel.latency_predict import learn_factors
 from costmodel.models import load_model_spec
@@ -33,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="device the profiles were measured on: a device or node preset, or "
                           "'cpu' for this machine's cores (default: a100-80gb)")
     fit.add_argument("--configs", default=None, help="model configs table (model_configs.json format)")
+    fit.add_argument("--engine", choices=("auto", "v0_padded", "v1"), default="auto",
+                     help="engine the profiles come from: v0_padded (the A100 data's, with its wait for "
+                          "the longest sequence) or v1 (this vLLM, no such wait); auto: v1 for profiles "
+                          "written by `samullm profile` (a .meta.json beside them), else v0_padded")
     fit.set_defaults(func=run_fit)
 
     show = sub.add_parser("show", help="the latency model chosen for a model, TP and device")
@@ -44,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=run_show)
 
 
+def profile_engine(csv_path: Path) -> str:
+    """v1 for a profile `samullm profile` wrote (it leaves MODEL_tpN.meta.json beside the CSV)."""
+    return "v1" if csv_path.with_suffix(".meta.json").is_file() else "v0_padded"
+
+
 def resolve_device(name: str) -> DeviceSpec:
     return cpu_device_spec() if name in ("cpu", "cpu-core") else get_device_preset(name)
 
@@ -51,7 +62,8 @@ def resolve_device(name: str) -> DeviceSpec:
 def run_fit(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     # Read and check every input before fitting anything.
-    profiles = [read_profile(path) for path in find_profiles(args.profiles)]
+    paths = find_profiles(args.profiles)
+    profiles = [read_profile(path) for path in paths]
     specs = [load_model_spec(rows.model, args.configs) for rows in profiles]
     for rows, spec in zip(profiles, specs):
         spec.heads_per_device(rows.tp)
@@ -60,9 +72,14 @@ def run_fit(args: argparse.Namespace) -> int:
     table = Table(title=f"Fitted latency models ({device.name})")
     for column in ("model", "TP", "rows", "median err", "p90 err"):
         table.add_column(column, justify="right" if column != "model" else "left")
-    models, errors = [], []
-    for rows, spec in zip(profiles, specs):
-        model = fit_latency_model(rows, spec, device)
+    models, errors, factor_rows = [], [], []
+    for path, rows, spec in zip(paths, profiles, specs):
+        engine = args.engine if args.engine != "auto" else profile_engine(path)
+        model = fit_latency_model(rows, spec, device, FitOptions(longest_sequence_wait=engine == "v0_padded", preserve_total=engine == "v1"))
+        model.info["engine"] = engine
+        if engine == "v1":  # the factors must not learn a wait these profiles cannot show
+            rows = dataclasses.replace(rows, decode_max_context=np.zeros_like(rows.decode_max_context))
+        factor_rows.append((rows, spec))
         predicted = np.array([model.iteration_time(rows.batch(i)) for i in range(len(rows))])
         error = np.abs(predicted / rows.seconds - 1)
         model.info.update({"train_median_error": round(float(np.median(error)), 5),
@@ -71,7 +88,7 @@ def run_fit(args: argparse.Namespace) -> int:
         errors.append(error)
         table.add_row(rows.model, str(rows.tp), str(len(rows)), f"{np.median(error):.2%}",
                       f"{np.percentile(error, 90):.2%}")
-    factors = learn_factors(list(zip(profiles, specs)), device)
+    factors = learn_factors(factor_rows, device)
     written = save_latency_models(models, factors, args.out)
     console.print(table)
     console.print(f"wrote {len(written)} files to {args.out}")
