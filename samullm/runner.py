@@ -789,6 +789,11 @@ class Runner:
         self.store.add_observation(spec.model, "output_lengths",
                                    feedback.output_lengths_payload((results[r] for r in n.rows), n.name),
                                    app_run_id=rt.id)
+        if any(n.name in rt.app.prompt_inputs(d.name) for d in rt.app.nodes):  # a prompt reads its texts
+            retokenized = feedback.retokenized_payload((results[r] for r in n.rows), n.name,
+                                                       feedback.load_tokenizer(spec.model))
+            if retokenized is not None:
+                self.store.add_observation(spec.model, "retokenized", retokenized, app_run_id=rt.id)
         self._set_node(rt, n, "success", result_uri=manifest.uri, manifest_uri=manifest.manifest_uri,
                        finished_at=utcnow(), error=None)
         log.info("%s/%s: success, %d rows -> %s", rt.id, n.name, manifest.rows, manifest.uri)

@@ -43,6 +43,9 @@ class ObservedStats(BaseModel):
     latency_scale: dict[str, float] = Field(default_factory=dict)  # by model: measured / predicted
     output_tokens: dict[str, dict[int, int]] = Field(default_factory=dict)  # node -> row id -> tokens
     routes: dict[str, list[int]] = Field(default_factory=dict)  # routed node -> row ids it received
+    # by model: tokens its output takes when a downstream prompt reads the text, per generated
+    # token (text decoded then encoded again; 1.0 when never observed)
+    prompt_tokens_per_output_token: dict[str, float] = Field(default_factory=dict)
 
 
 class PlannerState(BaseModel):

@@ -178,6 +178,8 @@ class ObservedStat(Base):
     kind "engine_limits": payload {max_model_len, max_num_seqs, max_num_batched_tokens,
       block_size, kv_cache_blocks, options} as an engine of (model, tp, device) reported them.
     kind "load": payload {"seconds": from worker start to engine loaded, "load_s", "import_s"}.
+    kind "retokenized": payload {"node", "generated": output tokens, "retokenized": tokens of the
+      same texts encoded again} for `model` (what its outputs cost inside a downstream prompt).
     """
 
     __tablename__ = "samullm_observed_stat"

@@ -184,8 +184,11 @@ class Workloads:
                 rows = np.intersect1d(rows, routed[name])
             static, uses = self._static_tokens(name)
             inputs = static[rows].copy()
+            ratios = self.state.observed.prompt_tokens_per_output_token
             for up, k in uses.items():
-                inputs += k * outputs[up][rows]
+                ratio = ratios.get(self.app.node(up).model, 1.0)
+                read = outputs[up][rows]
+                inputs += k * (read if ratio == 1.0 else np.rint(read * ratio).astype(np.int64))
             cap = self.max_model_len(name)
             if node.sampling.max_tokens >= cap:
                 raise UserInputError(
@@ -195,7 +198,10 @@ class Workloads:
             # Prompts longer than the context are cut, as a prompt template would be.
             inputs = np.minimum(inputs, cap - 1)
             rng = np.random.default_rng(_seed(self.seed, sample, "out", name))
-            outs = self.lengths(name).sample(rows.size, rng, max_tokens=node.sampling.max_tokens, caps=cap - inputs)
+            if node.sampling.ignore_eos:  # every output runs to its limit: nothing to sample
+                outs = np.minimum(node.sampling.max_tokens, cap - inputs)
+            else:
+                outs = self.lengths(name).sample(rows.size, rng, max_tokens=node.sampling.max_tokens, caps=cap - inputs)
             outs = np.maximum(np.asarray(outs, dtype=np.int64), 1)
             observed = self.state.observed.output_tokens.get(name)
             if observed:

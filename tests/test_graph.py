@@ -158,6 +158,36 @@ def test_judge_inputs_add_upstream_outputs_of_the_same_sample():
     assert s["a"].output_lens.tolist() == [7]
 
 
+def test_upstream_outputs_cost_what_their_texts_take_when_encoded_again():
+    """Model m's outputs were seen to take 1.5 tokens per generated token once read as text."""
+    from samullm.state import ObservedStats, PlannerState
+
+    data = {
+        "dataset": {"rows": [{"q": "", "q_tokens": 10}], "token_counts": {"q": "q_tokens"}},
+        "nodes": [
+            {"name": "a", "model": "m", "prompt": "{{ q }}"},
+            {"name": "b", "model": "m2", "prompt": "{{ q }}"},
+            {"name": "j", "model": "m", "prompt": "{{ q }}{{ a }}{{ b }}"},
+        ],
+    }
+    resolved = resolve(application_from_dict(data))
+    lengths = {"a": FixedLengths(7), "b": FixedLengths(5), "j": FixedLengths(3)}
+    state = PlannerState(observed=ObservedStats(prompt_tokens_per_output_token={"m": 1.5}))
+    s = Workloads(resolved, lambda n: lengths[n], lambda n: 1000, state=state).sample(0)
+    assert s["j"].input_lens.tolist() == [10 + round(7 * 1.5) + 5]  # m2 never observed: 1 per token
+    assert s["a"].output_lens.tolist() == [7]
+
+
+def test_ignore_eos_outputs_run_to_their_limit():
+    data = {
+        "dataset": {"rows": [{"q": "", "q_tokens": 10}, {"q": "", "q_tokens": 995}], "token_counts": {"q": "q_tokens"}},
+        "nodes": [{"name": "a", "model": "m", "prompt": "{{ q }}", "sampling": {"max_tokens": 9, "ignore_eos": True}}],
+    }
+    resolved = resolve(application_from_dict(data))
+    s = Workloads(resolved, lambda n: FixedLengths(4), lambda n: 1000).sample(0)
+    assert s["a"].output_lens.tolist() == [9, 1000 - 995]  # max_tokens, or what the context leaves
+
+
 def test_routing_split_estimate_and_observed_routes():
     from samullm.state import ObservedStats, PlannerState
 

@@ -277,6 +277,32 @@ def test_split_schedule_gives_each_run_its_own_nodes_and_finish():
     assert theirs.makespan == 9.0
 
 
+def test_retokenized_outputs_are_counted_on_a_sample_of_successful_rows(tiny_s):
+    rows = [RowResult(row_id=str(i), text="a b c", prompt_tokens=3, output_tokens=2, finish_reason="stop",
+                      error=None, finished_at=0.0) for i in range(4)]
+    rows.append(_result("x", 0, "error", "too long"))
+    payload = feedback.retokenized_payload(rows, "n", lambda text: len(text.split()))
+    assert payload == {"node": "n", "generated": 8, "retokenized": 12}
+    assert feedback.retokenized_payload(rows, "n", None) is None
+    count = feedback.load_tokenizer(str(tiny_s))
+    assert count is not None and count("hello world, hello") > 0
+    assert feedback.load_tokenizer("/no/such/model") is None
+
+
+def test_prompt_tokens_per_output_token_pools_the_latest_and_is_bounded(tmp_path):
+    from samullm.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    observations = feedback.Observations(store, "cpu-core")
+    assert observations.prompt_tokens_per_output_token("m") is None
+    store.add_observation("m", "retokenized", {"node": "a", "generated": 100, "retokenized": 140})
+    store.add_observation("m", "retokenized", {"node": "b", "generated": 300, "retokenized": 460})
+    assert observations.prompt_tokens_per_output_token("m") == pytest.approx(600 / 400)
+    store.add_observation("z", "retokenized", {"node": "a", "generated": 10, "retokenized": 1000})
+    assert observations.prompt_tokens_per_output_token("z") == feedback.RATIO_BOUNDS[1]
+    store.close()
+
+
 def test_observed_start_up_is_the_median_of_the_latest(tmp_path):
     from samullm.store import Store
 

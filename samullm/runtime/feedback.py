@@ -14,6 +14,10 @@ Three kinds of observation are stored (`ObservedStat`), so that later runs use t
   KV blocks): on CPU these differ from the GPU-minded defaults, and the replay must obey them.
 - engine start-up: seconds from the worker's start to its engine loaded, per (model, TP,
   device); the planner's load estimate becomes the median of the latest ones (what a move costs).
+- re-tokenization of a model's outputs: a downstream prompt reads an upstream's output as text,
+  which the downstream engine encodes again; that can take more tokens than were generated
+  (1.45x for the random-weight test models, about 1x for trained ones). Measured with the
+  upstream model's own tokenizer (a downstream model of another family may differ).
 
 `runtime_coster` builds the planner's coster with all three applied.
 """
@@ -43,6 +47,41 @@ def output_lengths_payload(results: Iterable[RowResult], node: str) -> dict[str,
         "lengths": [int(r.output_tokens) for r in ok],
         "censored": [r.finish_reason == "length" for r in ok],
     }
+
+
+RETOKENIZE_SAMPLE = 500  # rows re-encoded per finished node
+RATIO_BOUNDS = (0.5, 4.0)
+
+
+def load_tokenizer(model: str):
+    """The model's tokenizer without downloading anything: its tokenizer.json (fast), else
+    transformers from local files. None when neither works."""
+    from pathlib import Path
+
+    path = Path(model) / "tokenizer.json"
+    try:
+        if path.is_file():
+            from tokenizers import Tokenizer
+
+            fast = Tokenizer.from_file(str(path))
+            return lambda text: len(fast.encode(text, add_special_tokens=False).ids)
+        from transformers import AutoTokenizer
+
+        auto = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        return lambda text: len(auto.encode(text, add_special_tokens=False))
+    except Exception:
+        return None
+
+
+def retokenized_payload(results: Iterable[RowResult], node: str, count_tokens) -> dict[str, Any] | None:
+    """Generated tokens and the tokens of the same texts encoded again, over a sample of rows."""
+    ok = [r for r in results if r.finish_reason != "error" and r.output_tokens > 0 and r.text]
+    if not ok or count_tokens is None:
+        return None
+    step = max(1, len(ok) // RETOKENIZE_SAMPLE)
+    sample = ok[::step][:RETOKENIZE_SAMPLE]
+    return {"node": node, "generated": int(sum(r.output_tokens for r in sample)),
+            "retokenized": int(sum(count_tokens(r.text) for r in sample))}
 
 
 BATCH_FIELDS = ("prefill_seqs", "prefill_tokens", "prefill_attention", "decode_seqs", "decode_context",
@@ -144,6 +183,16 @@ class Observations:
             if len(lengths) >= MAX_LENGTHS:
                 break
         return lengths[:MAX_LENGTHS], censored[:MAX_LENGTHS]
+
+    def prompt_tokens_per_output_token(self, model: str) -> float | None:
+        """Tokens a downstream prompt spends per generated token of `model`, pooled over the
+        latest observations (bounded: a few odd texts must not swing a plan)."""
+        stats = self.store.observations(model, "retokenized")[-LATEST_OBSERVATIONS:]
+        generated = sum(o.payload.get("generated", 0) for o in stats)
+        if generated <= 0:
+            return None
+        ratio = sum(o.payload.get("retokenized", 0) for o in stats) / generated
+        return float(min(max(ratio, RATIO_BOUNDS[0]), RATIO_BOUNDS[1]))
 
     def latency_factor(self, model: str, tp: int, latency) -> float | None:
         """Observed wall time over what `latency` predicts for the same iterations."""

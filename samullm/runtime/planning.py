@@ -41,6 +41,9 @@ def planner_state(rt: AppRt, store, observations: feedback.Observations) -> Plan
                         censored.append(reason == "length")
         if lengths:
             observed.output_lengths[model] = ObservedLengths(lengths=lengths, capped=censored)
+        ratio = observations.prompt_tokens_per_output_token(model)
+        if ratio is not None:
+            observed.prompt_tokens_per_output_token[model] = ratio
     for node in rt.app.nodes:
         if node.route is not None and rt.nodes[node.route.router].state == "success":
             rows = node_rows(rt.resolved, node.name, rt.texts.get(node.route.router, {}))
