@@ -52,9 +52,9 @@ def test_unknown_method_is_refused():
         parse_methods("samullm,fastest-possible")
 
 
-def test_judge_context_bound_counts_every_answer():
-    members = parse_members("a=tiny-s:500,b=tiny-m:500")
-    check_context(members, 32, 256, 2048)  # 256 + 16 + 2 * 508 + 32 = 1320
+def test_judge_context_bound_counts_every_answer_tokenized_again():
+    members = parse_members("a=tiny-s:250,b=tiny-m:250")
+    check_context(members, 32, 256, 2048)  # 256 + 16 + 2 * (2 * 250 + 8) + 32 = 1320
     with pytest.raises(UserInputError, match="up to 2320 tokens"):
         check_context(members, 32, 1256, 2048)
 

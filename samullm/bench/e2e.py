@@ -2,9 +2,11 @@
 plan and under each planner baseline, on this machine's devices (on a CPU host: one core each).
 
 The application: 3-4 members of different sizes answer the same rows (prompts from a real trace),
-then a judge reads every answer of a row. Outputs end where the model emits its end token (random
-weights: roughly a geometric length, cut at the member's `max_tokens`); sampling is seeded, so
-every method's engines produce the same outputs and all methods do the same work.
+then a judge reads every answer of a row. Every output runs to its node's `max_tokens`
+(`ignore_eos`), so all methods do the same work: where a random-weight model stops on its own
+depends on the batch it ran in (bfloat16 sums differ with the batch; with DP the rows' seeds
+differ too), and was measured to change a node's total output by up to 3x from one plan to
+another. The members differ in size and in answer length.
 
 Fairness: every method starts with the same knowledge. A method's runner gets a fresh home (its
 own store, results and checkpoints), into which the store of a *prior run* is copied first: the
@@ -25,7 +27,7 @@ was faster). With `--repeats N` each method runs N times (the order rotated each
 median counts. Timings on a machine shared with other work are noisy.
 
 Final JSON line: {"makespans", "speedup_vs_best_baseline", "prediction_error", "best_baseline",
-"predicted", "prediction_errors", "runs", "workdir"}.
+"predicted", "prediction_errors", "rows_failed", "runs", "workdir"}.
 """
 
 from __future__ import annotations
@@ -59,12 +61,16 @@ TRACE = "shared:traces/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
 PRIOR_METHOD = "even-split"  # the prior run only gathers observations; any method would do
 # Members of different sizes and output lengths, declared in the order a user might write them
 # (list-scheduling baselines follow the declaration order; largest-first follows weight size).
-DEFAULT_MEMBERS = "large=tiny-l:128,medium=tiny-m:256,medium2=tiny-m@1:256,small=tiny-s:1024"
+DEFAULT_MEMBERS = "large=tiny-l:96,medium=tiny-m:96,medium2=tiny-m@1:128,small=tiny-s:512"
 DEFAULT_JUDGE = "tiny-m:32"
 # Tokens the judge's template adds around the prompt and answers (labels, newlines): a bound, so
 # that the worst-case judge prompt is checked against the context before anything runs.
 JUDGE_TEMPLATE_TOKENS = 16
 JUDGE_TOKENS_PER_ANSWER = 8
+# An answer's text, tokenized again inside the judge's prompt, can take more tokens than were
+# generated: random-weight models emit token sequences the tokenizer would split differently
+# (measured here: 1.45x median, 1.75x at most). Bound it by 2x.
+RETOKENIZED_ANSWER_FACTOR = 2
 GiB = 1 << 30
 
 
@@ -155,18 +161,18 @@ def model_dir(ref: ModelRef) -> Path:
 def check_context(members: list[Member], judge_tokens: int, max_prompt_tokens: int, max_model_len: int) -> None:
     """The judge's longest possible prompt (longest trace prompt, every answer at its maximum) plus
     its own output must fit the context, or its rows would fail."""
-    worst = (max_prompt_tokens + JUDGE_TEMPLATE_TOKENS
-             + sum(m.max_tokens + JUDGE_TOKENS_PER_ANSWER for m in members) + judge_tokens)
+    answers = sum(RETOKENIZED_ANSWER_FACTOR * m.max_tokens + JUDGE_TOKENS_PER_ANSWER for m in members)
+    worst = max_prompt_tokens + JUDGE_TEMPLATE_TOKENS + answers + judge_tokens
     if worst > max_model_len:
         raise UserInputError(
             f"the judge's longest prompt and output take up to {worst} tokens (prompts up to "
-            f"{max_prompt_tokens}, answers up to {sum(m.max_tokens for m in members)}, judge output "
+            f"{max_prompt_tokens}, answers up to {answers} tokens once tokenized again, judge output "
             f"{judge_tokens}) but --max-model-len is {max_model_len}; lower the members' max_tokens "
             f"or --max-prompt-tokens")
 
 
 def ensemble_app(members: list[Member], judge: ModelRef, judge_tokens: int, rows: int, *, seed: int = 0,
-                 name: str = "e2e-ensemble", max_prompt_tokens: int = 256, max_model_len: int = 2048,
+                 name: str = "e2e-ensemble", max_prompt_tokens: int = 192, max_model_len: int = 2048,
                  kv_cache_bytes: int = GiB, sampling_seed: int = 0) -> dict[str, Any]:
     """The application as JSON: members answer every row, the judge reads all their answers."""
     if rows < 1:
@@ -175,14 +181,14 @@ def ensemble_app(members: list[Member], judge: ModelRef, judge_tokens: int, rows
     engine = {"max_model_len": max_model_len, "extra": {"kv_cache_memory_bytes": int(kv_cache_bytes)}}
     nodes = [{
         "name": m.name, "model": str(model_dir(m.model)), "prompt": "{{ prompt }}",
-        "sampling": {"max_tokens": m.max_tokens, "temperature": 1.0, "seed": sampling_seed},
+        "sampling": {"max_tokens": m.max_tokens, "temperature": 1.0, "seed": sampling_seed, "ignore_eos": True},
         "engine": engine,
     } for m in members]
     answers = "".join(f"Answer {i + 1}: {{{{ {m.name} }}}}\n" for i, m in enumerate(members))
     nodes.append({
         "name": "judge", "model": str(model_dir(judge)),
         "prompt": "Question: {{ prompt }}\n" + answers + "Which answer is best? Reply with its number.",
-        "sampling": {"max_tokens": judge_tokens, "temperature": 0.0, "seed": sampling_seed},
+        "sampling": {"max_tokens": judge_tokens, "temperature": 0.0, "seed": sampling_seed, "ignore_eos": True},
         "engine": engine,
     })
     return {
@@ -381,7 +387,9 @@ def summarise(runs: dict[str, list[MethodRun]]) -> dict[str, Any]:
     makespans: dict[str, float | None] = {}
     predicted: dict[str, float | None] = {}
     errors: dict[str, float | None] = {}
+    rows_failed: dict[str, int] = {}
     for method, method_runs in runs.items():
+        rows_failed[method] = max((r.rows_failed for r in method_runs), default=0)
         ok = [r for r in method_runs if r.ok]
         makespans[method] = round(statistics.median(r.measured_s for r in ok), 3) if ok else None
         preds = [r.predicted_s for r in method_runs if r.predicted_s is not None]
@@ -399,6 +407,7 @@ def summarise(runs: dict[str, list[MethodRun]]) -> dict[str, Any]:
         "best_baseline": best,
         "predicted": predicted,
         "prediction_errors": errors,
+        "rows_failed": rows_failed,
     }
 
 
@@ -447,8 +456,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-rows", type=int, default=300,
                         help="rows of the prior run whose observations every method starts with (0: none)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per method, order rotated each round")
-    parser.add_argument("--max-prompt-tokens", type=int, default=256, help="longest trace prompt kept")
-    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-prompt-tokens", type=int, default=192, help="longest trace prompt kept")
+    parser.add_argument("--max-model-len", type=int, default=2048,
+                        help="context of every engine (the tiny models have 2048 positions); the judge's "
+                             "longest prompt must fit (checked first)")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0,
                         help="CPU KV cache per engine (default 1.0, as `samullm calibrate` profiles)")
     parser.add_argument("--seed", type=int, default=0, help="trace sample of the measured runs (the prior uses seed+1)")
