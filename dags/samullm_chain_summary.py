@@ -11,13 +11,9 @@ import datetime as dt
 
 from airflow.sdk import DAG, Param
 
-from samullm_operators import SamuLLMNodeOperator
+from samullm_operators import SamuLLMNodeOperator, model_param
 
 STEPS = 3  # chunks summarised per document (data/documents.jsonl has up to four)
-
-
-def model_of(param: str) -> str:
-    return "{{ var.value.get('samullm_%s', params.%s) }}" % (param, param)
 
 
 with DAG(
@@ -37,7 +33,7 @@ with DAG(
         summary_so_far = f"Summary so far: {{{{ summarize_{step - 1} }}}}\n" if step else ""
         task = SamuLLMNodeOperator(
             task_id=f"summarize_{step}",
-            model=model_of("summary_model"),
+            model=model_param("summary_model"),
             dataset="data/documents.jsonl" if step == 0 else None,
             where=f"chunks|length > {step}" if step else None,
             prompt=summary_so_far + f"Next part: {{{{ chunks[{step}] }}}}\nWrite an updated summary.",

@@ -15,12 +15,7 @@ import datetime as dt
 
 from airflow.sdk import DAG, Param
 
-from samullm_operators import SamuLLMNodeOperator
-
-
-def model_of(param: str) -> str:
-    """The model a param names, unless the Airflow Variable `samullm_<param>` overrides it."""
-    return "{{ var.value.get('samullm_%s', params.%s) }}" % (param, param)
+from samullm_operators import SamuLLMNodeOperator, model_param
 
 
 SAMPLING = {"max_tokens": "{{ params.max_tokens }}", "temperature": 0.8, "ignore_eos": "{{ params.ignore_eos }}"}
@@ -43,21 +38,21 @@ with DAG(
 ) as dag:
     answer_a = SamuLLMNodeOperator(
         task_id="answer_a",
-        model=model_of("model_a"),
+        model=model_param("model_a"),
         dataset="{{ params.dataset }}",
         prompt="### Human: {{ question }}\n### Assistant:",
         sampling=SAMPLING,
     )
     answer_b = SamuLLMNodeOperator(
         task_id="answer_b",
-        model=model_of("model_b"),
+        model=model_param("model_b"),
         dataset="{{ params.dataset }}",
         prompt="### Human: {{ question }}\n### Assistant:",
         sampling=SAMPLING,
     )
     judge = SamuLLMNodeOperator(
         task_id="judge",
-        model=model_of("judge_model"),
+        model=model_param("judge_model"),
         prompt=(
             "Question: {{ question }}\n"
             "Answer 1: {{ answer_a }}\n"

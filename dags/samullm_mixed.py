@@ -9,11 +9,7 @@ import datetime as dt
 
 from airflow.sdk import DAG, Param, task
 
-from samullm_operators import SamuLLMNodeOperator
-
-
-def model_of(param: str) -> str:
-    return "{{ var.value.get('samullm_%s', params.%s) }}" % (param, param)
+from samullm_operators import SamuLLMNodeOperator, model_param
 
 
 with DAG(
@@ -32,18 +28,18 @@ with DAG(
     },
 ) as dag:
     sampling = {"max_tokens": "{{ params.max_tokens }}", "ignore_eos": True}
-    answer_a = SamuLLMNodeOperator(task_id="answer_a", model=model_of("model_a"), dataset="data/questions.jsonl",
+    answer_a = SamuLLMNodeOperator(task_id="answer_a", model=model_param("model_a"), dataset="data/questions.jsonl",
                                    prompt="### Human: {{ question }}\n### Assistant:", sampling=sampling)
-    answer_b = SamuLLMNodeOperator(task_id="answer_b", model=model_of("model_b"), dataset="data/questions.jsonl",
+    answer_b = SamuLLMNodeOperator(task_id="answer_b", model=model_param("model_b"), dataset="data/questions.jsonl",
                                    prompt="### Human: {{ question }}\n### Assistant:", sampling=sampling)
     judge = SamuLLMNodeOperator(
-        task_id="judge", model=model_of("judge_model"), sampling=sampling,
+        task_id="judge", model=model_param("judge_model"), sampling=sampling,
         prompt="Question: {{ question }}\n1: {{ answer_a }}\n2: {{ answer_b }}\nWhich is better?",
     )
-    summarize_0 = SamuLLMNodeOperator(task_id="summarize_0", model=model_of("summary_model"), dataset="data/documents.jsonl",
+    summarize_0 = SamuLLMNodeOperator(task_id="summarize_0", model=model_param("summary_model"), dataset="data/documents.jsonl",
                                       prompt="Next part: {{ chunks[0] }}\nWrite a summary.", sampling=sampling)
     summarize_1 = SamuLLMNodeOperator(
-        task_id="summarize_1", model=model_of("summary_model"), where="chunks|length > 1", sampling=sampling,
+        task_id="summarize_1", model=model_param("summary_model"), where="chunks|length > 1", sampling=sampling,
         prompt="Summary so far: {{ summarize_0 }}\nNext part: {{ chunks[1] }}\nWrite an updated summary.",
     )
 

@@ -13,11 +13,7 @@ import datetime as dt
 
 from airflow.sdk import DAG, Param
 
-from samullm_operators import SamuLLMNodeOperator
-
-
-def model_of(param: str) -> str:
-    return "{{ var.value.get('samullm_%s', params.%s) }}" % (param, param)
+from samullm_operators import SamuLLMNodeOperator, model_param
 
 
 with DAG(
@@ -36,21 +32,21 @@ with DAG(
 ) as dag:
     router = SamuLLMNodeOperator(
         task_id="router",
-        model=model_of("router_model"),
+        model=model_param("router_model"),
         dataset="data/questions.jsonl",
         prompt="Request: {{ question }}\nIs this a science question or everyday chat? Reply with one word: science or chat.",
         sampling={"max_tokens": 2, "temperature": 0.0},
     )
     science = SamuLLMNodeOperator(
         task_id="science_expert",
-        model=model_of("math_model"),
+        model=model_param("math_model"),
         prompt="### Human: {{ question }}\n### Assistant:",
         route={"router": "router", "equals": "science", "share": 0.5},
         sampling={"max_tokens": "{{ params.max_tokens }}", "ignore_eos": True},
     )
     chat = SamuLLMNodeOperator(
         task_id="chat_expert",
-        model=model_of("chat_model"),
+        model=model_param("chat_model"),
         prompt="### Human: {{ question }}\n### Assistant:",
         route={"router": "router", "equals": "chat", "share": 0.5},
         sampling={"max_tokens": "{{ params.max_tokens }}", "ignore_eos": True},

@@ -5,5 +5,6 @@ Import from here in DAG files: `from samullm_operators import SamuLLMNodeOperato
 
 from samullm_operators.hooks import SamuLLMHook
 from samullm_operators.operators import SamuLLMNodeOperator
+from samullm_operators.params import model_param
 
-__all__ = ["SamuLLMHook", "SamuLLMNodeOperator"]
+__all__ = ["SamuLLMHook", "SamuLLMNodeOperator", "model_param"]
