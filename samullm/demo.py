@@ -120,13 +120,18 @@ def airflow_demo(args: argparse.Namespace) -> int:
     home = Path(args.home)
     api_port = args.port if not port_in_use(args.port) else free_port()
     runner_port = args.runner_port if not port_in_use(args.runner_port) else free_port()
-    runner = RunnerProcess(home=home / "runner", port=runner_port, secret=_secret(home))
+    # The runner's home is the demo's, but this machine's calibration (`samullm calibrate`, kept
+    # in the repository's default home) is what its plans should be costed with.
+    calibration = REPO_ROOT / ".samullm" / "calibration"
+    extra_env = {"SAMULLM_LATENCY_DIR": str(calibration)} if calibration.is_dir() else {}
+    runner = RunnerProcess(home=home / "runner", port=runner_port, secret=_secret(home), extra_env=extra_env)
     stack = AirflowStack(home=home / "airflow", dags_folder=REPO_ROOT / "dags", api_port=api_port,
                          runner_url=runner.url, runner_secret=runner.secret)
     console.print(f"[bold]SamuLLM on Airflow[/bold]: home {home}")
     for name in TINY_PRESETS:
         console.print(f"tiny model {name}: {cached_preset(name)}")
     result = {"dag_run_state": "not started", "rows": 0, "nodes": 0, "stages_planned": 0, "stages_actual": 0}
+    failed = False
     try:
         runner.start()
         stack.prepare()
@@ -169,8 +174,8 @@ def airflow_demo(args: argparse.Namespace) -> int:
                     console.print(f"[red]{ti['task_id']} {ti['state']}[/red]; its log:\n"
                                   + rest.task_log(DAG_ID, run_id, ti["task_id"], max(1, ti["try_number"]))[-2000:])
         result["seconds"] = round(time.monotonic() - t0, 1)
-        print(json.dumps(result), flush=True)
         if args.keep_running:
+            print(json.dumps(result), flush=True)  # and again, as the last line, once stopped
             console.print(f"Keeping Airflow ({stack.base_url}) and the runner up: press Ctrl-C to stop them.")
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
             while True:
@@ -180,13 +185,14 @@ def airflow_demo(args: argparse.Namespace) -> int:
     except Exception as err:
         result["seconds"] = round(time.monotonic() - t0, 1)
         print(f"samullm demo: error: {err}", file=sys.stderr)
-        print(json.dumps(result), flush=True)
-        return 1
+        failed = True
     finally:
         console.print("stopping Airflow and the runner…")
         stack.stop()
         runner.stop()
-    return 0 if result["dag_run_state"] == "success" else 1
+        result.setdefault("seconds", round(time.monotonic() - t0, 1))
+        print(json.dumps(result), flush=True)  # the last line, whatever happened
+    return 0 if result["dag_run_state"] == "success" and not failed else 1
 
 
 def _secret(home: Path) -> str:
