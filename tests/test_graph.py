@@ -141,8 +141,9 @@ class FixedLengths:
         return out
 
 
-def test_judge_inputs_add_upstream_outputs_of_the_same_sample():
-    data = {
+def judge_of_two() -> dict:
+    """One row of 10 prompt tokens; a (model m) and b (model m2) answer, j reads both."""
+    return {
         "dataset": {"rows": [{"q": "", "q_tokens": 10}], "token_counts": {"q": "q_tokens"}},
         "nodes": [
             {"name": "a", "model": "m", "prompt": "{{ q }}"},
@@ -150,9 +151,14 @@ def test_judge_inputs_add_upstream_outputs_of_the_same_sample():
             {"name": "j", "model": "m", "prompt": "{{ q }}{{ a }}{{ b }}"},
         ],
     }
-    resolved = resolve(application_from_dict(data))
-    lengths = {"a": FixedLengths(7), "b": FixedLengths(5), "j": FixedLengths(3)}
-    wl = Workloads(resolved, lambda n: lengths[n], lambda n: 1000)
+
+
+JUDGE_LENGTHS = {"a": FixedLengths(7), "b": FixedLengths(5), "j": FixedLengths(3)}
+
+
+def test_judge_inputs_add_upstream_outputs_of_the_same_sample():
+    resolved = resolve(application_from_dict(judge_of_two()))
+    wl = Workloads(resolved, lambda n: JUDGE_LENGTHS[n], lambda n: 1000)
     s = wl.sample(0)
     assert s["j"].input_lens.tolist() == [10 + 7 + 5]
     assert s["a"].output_lens.tolist() == [7]
@@ -162,18 +168,9 @@ def test_upstream_outputs_cost_what_their_texts_take_when_encoded_again():
     """Model m's outputs were seen to take 1.5 tokens per generated token once read as text."""
     from samullm.state import ObservedStats, PlannerState
 
-    data = {
-        "dataset": {"rows": [{"q": "", "q_tokens": 10}], "token_counts": {"q": "q_tokens"}},
-        "nodes": [
-            {"name": "a", "model": "m", "prompt": "{{ q }}"},
-            {"name": "b", "model": "m2", "prompt": "{{ q }}"},
-            {"name": "j", "model": "m", "prompt": "{{ q }}{{ a }}{{ b }}"},
-        ],
-    }
-    resolved = resolve(application_from_dict(data))
-    lengths = {"a": FixedLengths(7), "b": FixedLengths(5), "j": FixedLengths(3)}
+    resolved = resolve(application_from_dict(judge_of_two()))
     state = PlannerState(observed=ObservedStats(prompt_tokens_per_output_token={"m": 1.5}))
-    s = Workloads(resolved, lambda n: lengths[n], lambda n: 1000, state=state).sample(0)
+    s = Workloads(resolved, lambda n: JUDGE_LENGTHS[n], lambda n: 1000, state=state).sample(0)
     assert s["j"].input_lens.tolist() == [10 + round(7 * 1.5) + 5]  # m2 never observed: 1 per token
     assert s["a"].output_lens.tolist() == [7]
 
