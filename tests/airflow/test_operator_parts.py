@@ -98,6 +98,7 @@ def test_provider_metadata_is_valid_and_airflow_finds_the_connection_type():
 
     schema_path = __import__("pathlib").Path(providers_manager.__file__).parent / "provider_info.schema.json"
     jsonschema.validate(get_provider_info(), json.loads(schema_path.read_text()))
-    manager = providers_manager.ProvidersManager()
-    assert "samullm" in manager.providers
-    assert manager.hooks["samullm"].hook_class_name == "samullm_operators.hooks.SamuLLMHook"
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    assert "samullm" in providers_manager.ProvidersManager().providers
+    assert ProvidersManagerTaskRuntime().hooks["samullm"].hook_class_name == "samullm_operators.hooks.SamuLLMHook"
