@@ -146,16 +146,19 @@ def latency_model_for(spec: ModelSpec, tp: int, device: DeviceSpec,
        on this device (see latency_predict.predict_latency_model).
     """
     spec.heads_per_device(tp)  # a TP degree the model cannot use is an error here
-    return _latency_model_for(spec, tp, device, str(fitted) if fitted is not None else None)
+    # The search folders are part of the cache key: they follow $SAMULLM_LATENCY_DIR and
+    # $SAMULLM_HOME, which may change within a process.
+    where = (str(fitted),) if fitted is not None else tuple(str(d) for d in search_dirs(device.name))
+    return _latency_model_for(spec, tp, device, fitted is not None, where)
 
 
 @lru_cache(maxsize=256)
-def _latency_model_for(spec: ModelSpec, tp: int, device: DeviceSpec, fitted: str | None):
-    if fitted is not None:
-        models, factors = load_latency_models(fitted)
+def _latency_model_for(spec: ModelSpec, tp: int, device: DeviceSpec, explicit: bool, where: tuple[str, ...]):
+    if explicit:
+        models, factors = load_latency_models(where[0])
     else:
         models, factors = [], None
-        for directory in search_dirs(device.name):
+        for directory in where:
             found, found_factors = load_latency_models(directory)
             models += found
             factors = factors or found_factors
