@@ -21,6 +21,8 @@ Choices, from the A100 data:
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +56,35 @@ class FitOptions:
     # can be off by several percent even where single iterations are unbiased. A run's time is a
     # sum of iterations, so optionally rescale the fit to the profile's measured total.
     preserve_total: bool = False
+
+
+def fit_options_for(engine: str) -> FitOptions:
+    """How to fit profiles of an engine: "v0_padded" (the A100 data's, with its wait for the
+    longest sequence) or "v1" (vLLM v1: no such wait, and the fit keeps the profile's total)."""
+    if engine == "v0_padded":
+        return FitOptions()
+    if engine == "v1":
+        return FitOptions(longest_sequence_wait=False, preserve_total=True)
+    raise UserInputError(f"unknown engine {engine!r}: v0_padded or v1")
+
+
+def without_longest_context(rows: ProfileRows) -> ProfileRows:
+    """The rows with no longest-context information: what learning factors from v1 profiles
+    needs (their decode waves cannot show a wait for the longest sequence)."""
+    return dataclasses.replace(rows, decode_max_context=np.zeros_like(rows.decode_max_context))
+
+
+def record_fit_errors(model: AdditiveLatencyModel, rows: ProfileRows) -> np.ndarray:
+    """The model's relative error on each of the rows it was fitted on; median, p90 and the
+    error of the total go to `model.info`."""
+    predicted = np.array([model.iteration_time(rows.batch(i)) for i in range(len(rows))])
+    error = np.abs(predicted / rows.seconds - 1)
+    model.info.update({
+        "train_median_error": round(float(np.median(error)), 5),
+        "train_p90_error": round(float(np.percentile(error, 90)), 5),
+        "train_total_error": round(float(predicted.sum() / rows.seconds.sum() - 1), 5),
+    })
+    return error
 
 
 def split_kernel_mask(decode_seqs, longest, heads_per_device: int) -> np.ndarray:

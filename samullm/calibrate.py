@@ -52,7 +52,7 @@ import numpy as np
 from costmodel.engine_config import EngineConfig
 from costmodel.hardware import DeviceSpec
 from costmodel.latency import AdditiveLatencyModel
-from costmodel.latency_fit import FitOptions, fit_latency_model
+from costmodel.latency_fit import fit_latency_model, fit_options_for, record_fit_errors, without_longest_context
 from costmodel.latency_library import FACTORS_FILE, latency_model_for, save_latency_models
 from costmodel.latency_predict import LatencyFactors, learn_factors
 from costmodel.models import ModelSpec, load_model_spec
@@ -315,15 +315,9 @@ def fit_calibrated_latency(rows: ProfileRows, spec: ModelSpec, device: DeviceSpe
                            ) -> AdditiveLatencyModel:
     """The cost model's fit without the longest-sequence term (module docstring), with its
     error on the profile's own rows in `info`."""
-    model = fit_latency_model(rows, spec, device, FitOptions(longest_sequence_wait=False, preserve_total=True))
-    predicted = np.array([model.iteration_time(rows.batch(i)) for i in range(len(rows))])
-    error = np.abs(predicted / rows.seconds - 1)
-    model.info.update({
-        "train_median_error": round(float(np.median(error)), 5),
-        "train_p90_error": round(float(np.percentile(error, 90)), 5),
-        "train_total_error": round(float(predicted.sum() / rows.seconds.sum() - 1), 5),
-        "straggler": "dropped: vLLM 0.32 attention has no longest-sequence wait",
-    })
+    model = fit_latency_model(rows, spec, device, fit_options_for("v1"))
+    record_fit_errors(model, rows)
+    model.info["straggler"] = "dropped: vLLM 0.32 attention has no longest-sequence wait"
     return model
 
 
@@ -557,8 +551,7 @@ def _learn_factors(root: Path, device: DeviceSpec, profiles: list[tuple[ProfileR
     rows = []
     for record, spec in profiles:
         profile = read_profile(profiles_dir(root, device.name) / f"{record.name}_tp{record.tp}.csv")
-        flat = dataclasses.replace(profile, decode_max_context=np.zeros_like(profile.decode_max_context))
-        rows.append((flat, spec))
+        rows.append((without_longest_context(profile), spec))
     save_latency_models([], learn_factors(rows, device), latency_dir(root, device.name))
     key_path.write_text(key + "\n")
 

@@ -278,22 +278,27 @@ def copy_store(source: Path, target: Path) -> None:
         dst.close()
 
 
-def execute(app: dict[str, Any], method: str, home: Path, devices: str, run_id: str, *,
-            prior_store: Path | None = None, timeout: float = 1800.0, console: Console | None = None) -> MethodRun:
-    """Run the application once under `method` with a fresh runner in `home` (its store a copy of
-    `prior_store` when given) and measure it."""
-    from samullm.api import RegisterApplication
+def fresh_runner(home: Path, devices: str, prior_store: Path | None):
+    """A runner in an empty `home` whose store starts as a copy of `prior_store` (if given)."""
     from samullm.runner import Runner
     from samullm.runtime.config import make_config
-    from samullm.runtime.status import aware
 
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
     if prior_store is not None:
         copy_store(prior_store, home / "store.db")
-    config = make_config(devices, home=str(home), resume=False)
-    runner = Runner(config)
+    return Runner(make_config(devices, home=str(home), resume=False))
+
+
+def execute(app: dict[str, Any], method: str, home: Path, devices: str, run_id: str, *,
+            prior_store: Path | None = None, timeout: float = 1800.0, console: Console | None = None) -> MethodRun:
+    """Run the application once under `method` with a fresh runner in `home` (its store a copy of
+    `prior_store` when given) and measure it."""
+    from samullm.api import RegisterApplication
+    from samullm.runtime.status import aware
+
+    runner = fresh_runner(home, devices, prior_store)
     error = None
     try:
         runner.start()
@@ -350,15 +355,8 @@ def plan_only(app: dict[str, Any], method: str, home: Path, devices: str, run_id
     """The plan the runtime would make for `method` (registered on a runner whose loop never
     starts: no engine runs), as a MethodRun without measurements."""
     from samullm.api import RegisterApplication
-    from samullm.runner import Runner
-    from samullm.runtime.config import make_config
 
-    if home.exists():
-        shutil.rmtree(home)
-    home.mkdir(parents=True)
-    if prior_store is not None:
-        copy_store(prior_store, home / "store.db")
-    runner = Runner(make_config(devices, home=str(home), resume=False))
+    runner = fresh_runner(home, devices, prior_store)
     try:
         runner.start(loop=False)
         called = time.time()

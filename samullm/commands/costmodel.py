@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from rich.table import Table
 
 from costmodel.hardware import DeviceSpec, cpu_device_spec, get_device_preset
 from costmodel.interface import Batch
-from costmodel.latency_fit import FitOptions, fit_latency_model
+from costmodel.latency_fit import fit_latency_model, fit_options_for, record_fit_errors, without_longest_context
 from costmodel.latency_library import latency_model_for, save_latency_models
 from costmodel.latency_predict import learn_factors
 from costmodel.models import load_model_spec
@@ -75,15 +74,11 @@ def run_fit(args: argparse.Namespace) -> int:
     models, errors, factor_rows = [], [], []
     for path, rows, spec in zip(paths, profiles, specs):
         engine = args.engine if args.engine != "auto" else profile_engine(path)
-        model = fit_latency_model(rows, spec, device, FitOptions(longest_sequence_wait=engine == "v0_padded", preserve_total=engine == "v1"))
+        model = fit_latency_model(rows, spec, device, fit_options_for(engine))
         model.info["engine"] = engine
-        if engine == "v1":  # the factors must not learn a wait these profiles cannot show
-            rows = dataclasses.replace(rows, decode_max_context=np.zeros_like(rows.decode_max_context))
-        factor_rows.append((rows, spec))
-        predicted = np.array([model.iteration_time(rows.batch(i)) for i in range(len(rows))])
-        error = np.abs(predicted / rows.seconds - 1)
-        model.info.update({"train_median_error": round(float(np.median(error)), 5),
-                           "train_p90_error": round(float(np.percentile(error, 90)), 5)})
+        error = record_fit_errors(model, rows)
+        # the factors must not learn a wait v1 profiles cannot show
+        factor_rows.append((without_longest_context(rows) if engine == "v1" else rows, spec))
         models.append(model)
         errors.append(error)
         table.add_row(rows.model, str(rows.tp), str(len(rows)), f"{np.median(error):.2%}",
