@@ -92,15 +92,20 @@ def test_bad_options_fail_before_any_engine(capsys):
 
 @pytest.mark.integration
 @needs_traces
-def test_small_ensemble_runs_under_samullm_and_a_baseline(tmp_path, capsys):
-    """A few rows, short answers: both methods execute for real and every figure is produced."""
+def test_small_ensemble_runs_under_samullm_and_a_baseline(tmp_path, capsys, monkeypatch):
+    """A few rows, short answers, on a machine not calibrated yet (as CI's clean clone): the
+    missing calibration is made first, both methods execute for real, every figure is produced."""
+    calibration = tmp_path / "calibration"
+    monkeypatch.setenv("SAMULLM_LATENCY_DIR", str(calibration))  # restored after the test
     code = cli_main(["bench", "e2e", "--rows", "8", "--members", "a=tiny-s:8,b=tiny-s@1:8",
                      "--judge", "tiny-s:4", "--methods", "samullm,sequential", "--prior-rows", "4",
                      "--max-prompt-tokens", "64", "--max-model-len", "512", "--kv-cache-gib", "0.25",
-                     "--workdir", str(tmp_path), "--timeout", "600"])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
-    figures = json.loads(out.strip().splitlines()[-1])
+                     "--calibration", str(calibration), "--quick-calibration",
+                     "--workdir", str(tmp_path / "runs"), "--timeout", "600"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out[-3000:] + captured.err[-3000:]
+    assert (calibration / "startup").is_dir()
+    figures = json.loads(captured.out.strip().splitlines()[-1])
     assert set(figures["makespans"]) == {"samullm", "sequential"}
     assert all(s is not None and s > 0 for s in figures["makespans"].values())
     assert figures["speedup_vs_best_baseline"] > 0 and figures["best_baseline"] == "sequential"

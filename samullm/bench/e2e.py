@@ -200,23 +200,44 @@ def ensemble_app(members: list[Member], judge: ModelRef, judge_tokens: int, rows
 
 # ---- calibration -----------------------------------------------------------------------------
 
-def use_calibration(models: list[Path], devices: str, tps: tuple[int, ...]) -> Path:
-    """Point the cost model at this machine's calibration (SAMULLM_LATENCY_DIR) and check that
-    every model's architecture is calibrated at every TP degree the planner may choose."""
+def use_calibration(models: list[Path], devices: str, tps: tuple[int, ...], root: Path | None = None,
+                    quick: bool = False, log=lambda message: None) -> Path:
+    """Point the cost model at this machine's calibration (SAMULLM_LATENCY_DIR) after
+    calibrating every (model architecture, TP) the planner may choose that is not calibrated
+    yet (as `samullm calibrate` would; nothing runs when all are cached)."""
     from costmodel.hardware import resolve_node
     from costmodel.models import load_model_spec
 
-    from samullm.calibrate import calibration_root, load_calibration
+    from samullm.calibrate import CalibrationSettings, calibrate, calibration_root, load_calibration
+    from samullm.devices import resolve_device_set
 
     node = resolve_node(devices)
-    root = calibration_root()
-    calibration = load_calibration(node.devices[0], root)
+    root = Path(root).resolve() if root is not None else calibration_root()
+    wanted: dict[tuple[str, int], Path] = {}  # one model per architecture: a seed is not a new shape
     for model in models:
         spec = load_model_spec(str(model))
         for tp in tps:
             if tp <= node.num_devices and spec.supports_tp(tp):
-                calibration.latency(spec, tp)  # raises, naming the calibrate command, if missing
-    if not os.environ.get("SAMULLM_LATENCY_DIR"):
+                wanted.setdefault((spec.name, tp), model)
+    try:
+        calibration = load_calibration(node.devices[0], root)
+    except UserInputError:
+        calibration = None
+    missing: dict[Path, list[int]] = {}
+    for (name, tp), model in wanted.items():
+        try:
+            if calibration is None:
+                raise UserInputError("no calibration yet")
+            calibration.latency(load_model_spec(str(model)), tp)
+        except UserInputError:
+            missing.setdefault(model, []).append(tp)
+    if missing:
+        log(f"calibrating under {root}: " + ", ".join(f"{m.name} TP {tps_}" for m, tps_ in missing.items()))
+        device_set = resolve_device_set(devices)
+        for model, model_tps in missing.items():
+            calibrate([str(model)], model_tps, device_set, node.devices[0],
+                      CalibrationSettings(quick=quick), root=root, log=log)
+    if root != calibration_root() or not os.environ.get("SAMULLM_LATENCY_DIR"):
         os.environ["SAMULLM_LATENCY_DIR"] = str(root)
     return root
 
@@ -462,6 +483,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU KV cache per engine (default 1.0, as `samullm calibrate` profiles)")
     parser.add_argument("--seed", type=int, default=0, help="trace sample of the measured runs (the prior uses seed+1)")
     parser.add_argument("--devices", default="cpu", help="cpu | gpu | node file (default cpu)")
+    parser.add_argument("--calibration", default=None,
+                        help="calibration root (default: as `samullm calibrate`); what is missing is "
+                             "calibrated first")
+    parser.add_argument("--quick-calibration", action="store_true",
+                        help="calibrate what is missing with the profiler's quick sweep (smoke tests only)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per run")
     parser.add_argument("--workdir", default=None, help="where runs keep their homes (default: a temp dir)")
     parser.add_argument("--plan-only", action="store_true",
@@ -492,8 +518,10 @@ def run(args: argparse.Namespace) -> dict:
     kv = int(args.kv_cache_gib * GiB)
     make = dict(max_prompt_tokens=args.max_prompt_tokens, max_model_len=args.max_model_len, kv_cache_bytes=kv)
     app = ensemble_app(members, judge, judge_tokens, args.rows, seed=args.seed, **make)
-    root = use_calibration(sorted({Path(n["model"]) for n in app["nodes"]}), args.devices, (1, 2))
     err = Console(stderr=True)
+    root = use_calibration(sorted({Path(n["model"]) for n in app["nodes"]}), args.devices, (1, 2),
+                           root=Path(args.calibration) if args.calibration else None,
+                           quick=args.quick_calibration, log=err.print)
     base = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="samullm-e2e-"))
     base.mkdir(parents=True, exist_ok=True)
     (base / "app.json").write_text(json.dumps(app, indent=1) + "\n")
