@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from samullm.bounds import LowerBounds
 from samullm.errors import UserInputError
 from samullm.estimates import PlannedStage
 from samullm.timeline import Choice, InvalidStage, Keep, Launch, Timeline
@@ -62,48 +63,6 @@ def all_stages(tl: Timeline) -> list[dict[str, Choice]]:
     return stages
 
 
-class _Bounds:
-    """Shortest remaining time and fewest remaining device-seconds per node (memoised sims)."""
-
-    def __init__(self, tl: Timeline) -> None:
-        self.coster = tl.coster
-
-    def node(self, tl: Timeline, name: str) -> tuple[float, float]:
-        prog = tl.nodes[name]
-        if prog.finished:
-            return 0.0, 0.0
-        best_t, best_w = float("inf"), float("inf")
-        if prog.run is not None:
-            left = max(0.0, prog.run.end - tl.time)
-            best_t, best_w = left, left * prog.run.plan.num_devices
-        remaining = prog.remaining()
-        key = self.coster.engine_key(name)
-        # Another unfinished node of the same engine may leave a warm engine to take over later.
-        shared = any(
-            other != name and not p.finished and self.coster.engine_key(other) == key
-            for other, p in tl.nodes.items()
-        )
-        for plan in self.coster.plans(name):
-            # a launch pays its load unless a warm engine of this model and plan is (or may be) there
-            avoidable = shared or bool(tl.warm_for(name, plan))
-            load = 0.0 if avoidable else self.coster.load_seconds(name, plan)
-            t = load + float(self.coster.run_times(name, plan, remaining, tl.sample).max(initial=0.0))
-            best_t = min(best_t, t)
-            best_w = min(best_w, t * plan.num_devices)
-        return best_t, best_w
-
-    def lower_bound(self, tl: Timeline) -> float:
-        finish: dict[str, float] = {}
-        work = 0.0
-        for name in self.coster.nodes():  # topological order
-            t, w = self.node(tl, name)
-            work += w
-            ready = max((finish[u] for u in self.coster.upstream(name)), default=0.0)
-            finish[name] = ready + t
-        chain = max(finish.values(), default=0.0)
-        return max(chain, work / self.coster.topology.num_devices)
-
-
 def optimum(start: Callable[[], Timeline], incumbent: float = float("inf")) -> Optimum:
     """Shortest makespan over all stage sequences from `start()`; `incumbent` is a known
     makespan (e.g. the planner's) used to prune from the outset."""
@@ -113,7 +72,7 @@ def optimum(start: Callable[[], Timeline], incumbent: float = float("inf")) -> O
             f"exhaustive search is for up to {MAX_NODES} nodes and {MAX_DEVICES} devices "
             f"(got {len(root.nodes)} nodes, {root.coster.topology.num_devices} devices)"
         )
-    bounds = _Bounds(root)
+    bounds = LowerBounds(root)
     best = Optimum(incumbent * (1 + 1e-9), [], 0)
     path: list[PlannedStage] = []
 

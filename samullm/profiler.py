@@ -6,8 +6,8 @@ runs it in an engine worker, and turns the worker's iteration log into CSV rows:
 
 - prefill: a wave of `seqs` prompts of `prompt_len` tokens with max_tokens=1 (one iteration when
   seqs * prompt_len fits the token budget, chunked prefill iterations otherwise);
-- decode: a wave of `seqs` prompts of `context` tokens generating `decode_steps` + 1 tokens: after
-  their prefill, `decode_steps` pure decode iterations with growing context;
+- decode: a wave of `seqs` prompts of `context` tokens generating enough tokens that, after the
+  whole wave is prefilled, all of them decode together for `decode_steps` iterations;
 - mixed: `seqs` rows decoding at `context` tokens when one prompt of `prompt_len` tokens arrives
   (a delayed row): the iterations that carry its prefill chunks alongside the decodes.
 
@@ -77,7 +77,8 @@ class Sweep:
         decode = tuple(
             (n, c)
             for n, c in self.decode
-            if c <= room and n <= max_num_seqs and n * c <= self.max_decode_kv_tokens
+            if c + _prefill_steps(n, c, max_num_batched_tokens) <= room and n <= max_num_seqs
+            and n * c <= self.max_decode_kv_tokens
         )
         mixed = tuple(
             (n, c, p)
@@ -89,6 +90,11 @@ class Sweep:
     @property
     def num_points(self) -> int:
         return (len(self.prefill) + len(self.decode) + len(self.mixed)) * self.repeats
+
+
+def _prefill_steps(seqs: int, context: int, max_num_batched_tokens: int) -> int:
+    """Steps that prefill a decode wave at most, its decoding rows sharing the token budget."""
+    return math.ceil(seqs * context / max(1, max_num_batched_tokens - seqs))
 
 
 def default_sweep(max_num_batched_tokens: int = 4096) -> Sweep:
@@ -150,12 +156,17 @@ def sweep_rows(sweep: Sweep, vocab_size: int, max_num_batched_tokens: int, seed:
             rows += [make.row("prefill", wave, p, 1) for _ in range(n)]
             wave += 1
         for n, c in sweep.decode:
-            rows += [make.row("decode", wave, c, sweep.decode_steps + 1) for _ in range(n)]
+            # The wave's prefill takes up to ceil(n*c / (budget - n)) steps (its first rows decode,
+            # taking a token each, while the last are prefilled): each row decodes through those
+            # steps too, so that all n then decode together for `decode_steps` steps (else a large
+            # wave's first rows finish before its last start: no step decodes n sequences).
+            settle = _prefill_steps(n, c, max_num_batched_tokens)
+            rows += [make.row("decode", wave, c, settle + sweep.decode_steps + 1) for _ in range(n)]
             wave += 1
         for n, c, p in sweep.mixed:
-            # The decoders' prefill takes ceil(n*c / budget) steps; the prompt arrives one step
-            # after that, when all of them decode, and its chunks ride along until it is done.
-            settle = math.ceil(n * c / max_num_batched_tokens) + 1
+            # The decoders' prefill takes up to _prefill_steps; the prompt arrives one step after
+            # that, when all of them decode, and its chunks ride along until it is done.
+            settle = _prefill_steps(n, c, max_num_batched_tokens) + 1
             chunks = math.ceil(p / max(1, max_num_batched_tokens - n))
             rows += [make.row("mixed-decode", wave, c, settle + chunks + 2) for _ in range(n)]
             rows.append(make.row("mixed-prefill", wave, p, 1, delay_steps=settle))

@@ -118,6 +118,8 @@ def test_bench_planner_quick(capsys):
     assert main(["bench", "planner", "--quick"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(figures) == {"workloads", "planning_seconds", "geomean_speedup_vs_best_baseline",
-                            "min_speedup_vs_best_baseline", "geomean_speedup_vs_sequential"}
-    for row in figures["workloads"].values():
+                            "min_speedup_vs_best_baseline", "geomean_speedup_vs_sequential", "lower_bounds",
+                            "geomean_bound_vs_best_baseline", "geomean_bound_vs_sequential"}
+    for name, row in figures["workloads"].items():
         assert row["samullm"] <= 1.01 * min(v for k, v in row.items() if k != "samullm")
+        assert 0 < figures["lower_bounds"][name] <= min(row.values()) + 1e-6

@@ -53,7 +53,8 @@ def test_rows_come_in_waves_with_the_asked_shapes():
     prefill = [r for r in rows if r.wave == 1]
     assert all(len(r.prompt_token_ids) == 10 and r.sampling.max_tokens == 1 for r in prefill)
     decode = [r for r in rows if r.wave == 2]
-    assert all(len(r.prompt_token_ids) == 20 and r.sampling.max_tokens == 6 for r in decode)
+    # 2 x 20 tokens prefill in one step; then 5 steps of both decoding; one more token sampled
+    assert all(len(r.prompt_token_ids) == 20 and r.sampling.max_tokens == 7 for r in decode)
     mixed = [r for r in rows if r.wave == 3]
     late = [r for r in mixed if r.delay_steps]
     # 4 decoders x 300 tokens take ceil(1200 / 256) = 5 prefill steps; the prompt comes after.
@@ -131,3 +132,31 @@ def test_quick_profile_writes_a_parsable_csv(tiny_s, tmp_path, capsys):
     assert (profile.model, profile.tp, len(profile)) == ("tiny-s", 1, len(rows))
     last = rows[-1]
     assert profile.batch(len(rows) - 1).decode_max_context == int(last["decode_max_context"])
+
+
+@pytest.mark.parametrize("seqs, context", [(8, 100), (64, 512), (256, 512)])
+def test_a_large_decode_wave_decodes_all_its_rows_together(seqs, context):
+    """Replayed by vLLM v1's scheduler rules (costmodel's replay), a decode wave whose prefill
+    takes many steps still has `decode_steps` pure-decode steps of all its rows: its first rows
+    do not finish before its last ones start."""
+    from costmodel.engine_config import EngineConfig
+    from costmodel.interface import Batch
+    from costmodel.simulate import simulate
+
+    class OneSecond:
+        def iteration_time(self, batch: Batch) -> float:
+            return 1.0
+
+        def decode_run_time(self, decode_seqs, decode_context, num_iterations, decode_max_context=0):
+            return float(num_iterations)
+
+    budget = 256 if seqs == 8 else 4096
+    sweep = Sweep(prefill=(), decode=((seqs, context),), mixed=(), decode_steps=16)
+    rows = [r for r in sweep_rows(sweep, vocab_size=512, max_num_batched_tokens=budget) if r.wave == 1]
+    config = EngineConfig(max_num_seqs=256, max_num_batched_tokens=budget, block_size=16, max_model_len=2048)
+    out = simulate([len(r.prompt_token_ids) for r in rows], [r.sampling.max_tokens for r in rows],
+                   OneSecond(), config, num_kv_blocks=100_000, record_iterations=True)
+    log = out.iterations
+    full = sum(1 for k in range(len(log.decode_seqs))
+               if log.decode_seqs[k] == seqs and log.prefill_tokens[k] == 0)
+    assert full >= 16
