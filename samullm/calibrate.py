@@ -61,7 +61,7 @@ from costmodel.paths import calibration_roots
 from costmodel.startup import StartupFit, fit_startup
 from samullm.devices import DeviceSet
 from samullm.errors import UserInputError
-from samullm.profiler import Sweep, default_sweep, profile_model, profile_name, quick_sweep
+from samullm.profiler import Sweep, default_sweep, profile_model, profile_name, profile_shapes, quick_sweep
 from samullm.tinymodel import PRESETS, cached_preset
 from samullm.worker.messages import EngineOptions, IterationRecord, JobSpec
 
@@ -191,7 +191,8 @@ def profile_key(model_dir: Path, tp: int, devices: DeviceSet, engine: EngineOpti
     cores = [list(devices.device_cores[i]) for i in ids] if devices.device_cores else None
     payload = {"format": FORMAT, "model": model_fingerprint(model_dir), "tp": tp,
                "devices": [devices.kind, ids, cores], "engine": engine.model_dump(),
-               "sweep": dataclasses.asdict(sweep), "vllm": _vllm_version()}
+               "sweep": dataclasses.asdict(sweep), "vllm": _vllm_version(),
+               "rows": [dataclasses.astuple(shape) for shape in profile_shapes(sweep, engine)]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -145,33 +145,66 @@ class _RowFactory:
         )
 
 
-def sweep_rows(sweep: Sweep, vocab_size: int, max_num_batched_tokens: int, seed: int = 0) -> list[Row]:
-    """Rows in waves that make the engine run the sweep's shapes; wave 0 is a warm-up."""
-    make = _RowFactory(vocab_size, seed)
-    rows = [make.row("warmup", WARMUP_WAVE, 128, 8) for _ in range(4)]
-    rows += [make.row("warmup", WARMUP_WAVE, min(512, max_num_batched_tokens - 8), 2)]
+@dataclass(frozen=True)
+class WaveRow:
+    """One row of a sweep, before its prompt is drawn: `count` such rows."""
+
+    kind: str
+    wave: int
+    prompt_len: int
+    max_tokens: int
+    count: int = 1
+    delay_steps: int = 0
+
+
+def sweep_shapes(sweep: Sweep, max_num_batched_tokens: int) -> list[WaveRow]:
+    """The rows, in waves, that make the engine run the sweep's shapes; wave 0 is a warm-up.
+    (What a profile measures depends on these: the calibration's cache key includes them.)"""
+    budget = max_num_batched_tokens
+    shapes = [WaveRow("warmup", WARMUP_WAVE, 128, 8, count=4),
+              WaveRow("warmup", WARMUP_WAVE, min(512, budget - 8), 2)]
     wave = WARMUP_WAVE + 1
     for _ in range(sweep.repeats):
         for n, p in sweep.prefill:
-            rows += [make.row("prefill", wave, p, 1) for _ in range(n)]
+            shapes.append(WaveRow("prefill", wave, p, 1, count=n))
             wave += 1
         for n, c in sweep.decode:
             # The wave's prefill takes up to ceil(n*c / (budget - n)) steps (its first rows decode,
             # taking a token each, while the last are prefilled): each row decodes through those
             # steps too, so that all n then decode together for `decode_steps` steps (else a large
             # wave's first rows finish before its last start: no step decodes n sequences).
-            settle = _prefill_steps(n, c, max_num_batched_tokens)
-            rows += [make.row("decode", wave, c, settle + sweep.decode_steps + 1) for _ in range(n)]
+            settle = _prefill_steps(n, c, budget)
+            shapes.append(WaveRow("decode", wave, c, settle + sweep.decode_steps + 1, count=n))
             wave += 1
         for n, c, p in sweep.mixed:
             # The decoders' prefill takes up to _prefill_steps; the prompt arrives one step after
             # that, when all of them decode, and its chunks ride along until it is done.
-            settle = _prefill_steps(n, c, max_num_batched_tokens) + 1
-            chunks = math.ceil(p / max(1, max_num_batched_tokens - n))
-            rows += [make.row("mixed-decode", wave, c, settle + chunks + 2) for _ in range(n)]
-            rows.append(make.row("mixed-prefill", wave, p, 1, delay_steps=settle))
+            settle = _prefill_steps(n, c, budget) + 1
+            chunks = math.ceil(p / max(1, budget - n))
+            shapes.append(WaveRow("mixed-decode", wave, c, settle + chunks + 2, count=n))
+            shapes.append(WaveRow("mixed-prefill", wave, p, 1, delay_steps=settle))
             wave += 1
-    return rows
+    return shapes
+
+
+def _fitted(sweep: Sweep, engine: EngineOptions) -> tuple[int, int, Sweep]:
+    """(token budget, max_model_len, the sweep's points this engine can run)."""
+    budget = engine.max_num_batched_tokens or 4096
+    max_len = engine.max_model_len or 2048
+    return budget, max_len, sweep.fit(max_len, budget, engine.max_num_seqs or 256)
+
+
+def profile_shapes(sweep: Sweep, engine: EngineOptions) -> list[WaveRow]:
+    """The rows `profile_model` submits for `sweep` on `engine`, without their prompts."""
+    budget, _, fitted = _fitted(sweep, engine)
+    return sweep_shapes(fitted, budget)
+
+
+def sweep_rows(sweep: Sweep, vocab_size: int, max_num_batched_tokens: int, seed: int = 0) -> list[Row]:
+    """The rows of `sweep_shapes`, each with its own random prompt."""
+    make = _RowFactory(vocab_size, seed)
+    return [make.row(shape.kind, shape.wave, shape.prompt_len, shape.max_tokens, shape.delay_steps)
+            for shape in sweep_shapes(sweep, max_num_batched_tokens) for _ in range(shape.count)]
 
 
 def csv_row(record: IterationRecord) -> dict[str, object]:
@@ -249,9 +282,7 @@ def profile_model(
             f"--tp {tp} needs {tp} devices; the {devices.kind} device set has {len(devices.device_ids)}"
         )
     vocab = _model_vocab(model)
-    budget = engine.max_num_batched_tokens or 4096
-    max_len = engine.max_model_len or 2048
-    fitted = sweep.fit(max_len, budget, engine.max_num_seqs or 256)
+    budget, max_len, fitted = _fitted(sweep, engine)
     out = Path(out_dir)
     name = profile_name(model, tp)
     workdir = out / f".{name}.work"

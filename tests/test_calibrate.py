@@ -92,6 +92,24 @@ def test_profile_key_follows_its_inputs(tmp_path):
     assert set(model_fingerprint(model)) == {"config.json", "w.safetensors"}
 
 
+def test_profile_key_follows_the_rows_the_profiler_makes(tmp_path, monkeypatch):
+    """Same sweep, rows built differently (a profiler change): the profile is not reused."""
+    import dataclasses
+
+    import samullm.calibrate as calibrate_module
+    from samullm.profiler import profile_shapes
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"a": 1}')
+    devices = DeviceSet("cpu", (0,), ((0,),))
+    engine = EngineOptions(max_model_len=2048)
+    key = profile_key(model, 1, devices, engine, quick_sweep())
+    longer = [dataclasses.replace(s, max_tokens=s.max_tokens + 1) for s in profile_shapes(quick_sweep(), engine)]
+    monkeypatch.setattr(calibrate_module, "profile_shapes", lambda sweep, engine: longer)
+    assert key != profile_key(model, 1, devices, engine, quick_sweep())
+
+
 def test_root_is_the_latency_dir_else_home(monkeypatch, tmp_path):
     monkeypatch.setenv("SAMULLM_LATENCY_DIR", os.pathsep.join(["", str(tmp_path / "a"), str(tmp_path / "b")]))
     assert calibration_root() == tmp_path / "a"
