@@ -37,6 +37,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ FORMAT = "samullm-latency/1"
 PARTITION_TOKENS = 512
 SPLIT_MAX_SEQ_HEADS = 512
 SPLIT_ALWAYS_ABOVE = 8192
+# Longest contexts at which the kernel choice may flip, as the longest sequence grows.
+_KERNEL_BOUNDARIES = (PARTITION_TOKENS + 1, SPLIT_ALWAYS_ABOVE + 1)
 
 
 @dataclass(frozen=True)
@@ -89,21 +92,24 @@ class AdditiveLatencyModel:
         n = prefill_tokens + decode_seqs
         if n <= 0:
             return 0.0
+        if decode_seqs > 0:
+            linear, attention, straggler, straggler_split = self._decode_terms(decode_seqs)
         if prefill_tokens > 0:
             t = self.prefill_linear(n) + self.prefill_per_seq * batch.prefill_seqs
             pairs = batch.prefill_attention
             if pairs > 0:
                 t += self.prefill_attention(pairs / prefill_tokens) * pairs
         else:
-            t = self.decode_linear(n)
+            t = linear
         if decode_seqs > 0:
             context = batch.decode_context
-            t += self.decode_attention(decode_seqs) * context
+            t += attention * context
             longest = batch.decode_max_context
             if longest:
                 excess = longest - context / decode_seqs
                 if excess > 0:
-                    t += self._straggler(decode_seqs, longest)(decode_seqs) * excess
+                    split = self._uses_split_kernel(decode_seqs, longest)
+                    t += (straggler_split if split else straggler) * excess
         return t
 
     def decode_run_time(self, decode_seqs: int, decode_context: int, num_iterations: int,
@@ -114,14 +120,36 @@ class AdditiveLatencyModel:
         if k <= 0 or decode_seqs <= 0:
             return 0.0
         s = decode_seqs
-        total = k * self.decode_linear(s)
-        total += self.decode_attention(s) * (k * decode_context + s * k * (k - 1) / 2.0)
+        linear, attention, straggler, straggler_split = self._decode_terms(s)
+        total = k * linear
+        total += attention * (k * decode_context + s * k * (k - 1) / 2.0)
         if decode_max_context:
             excess = decode_max_context - decode_context / s
-            if excess > 0:
-                for longest, count in self._kernel_segments(s, decode_max_context, k):
-                    total += count * self._straggler(s, longest)(s) * excess
+            if excess > 0 and (straggler or straggler_split):
+                start, end = decode_max_context, decode_max_context + k
+                low, high = _KERNEL_BOUNDARIES
+                if (start >= low or end <= low) and (start >= high or end <= high):  # one kernel
+                    split = self._uses_split_kernel(s, start)
+                    total += k * (straggler_split if split else straggler) * excess
+                else:
+                    for longest, count in self._kernel_segments(s, decode_max_context, k):
+                        split = self._uses_split_kernel(s, longest)
+                        total += count * (straggler_split if split else straggler) * excess
         return total
+
+    def _decode_terms(self, decode_seqs: int) -> tuple[float, float, float, float]:
+        """(G_d, A_d, B, B_split) at `decode_seqs`: memoised, as the simulator asks for the
+        same few hundred batch sizes millions of times."""
+        terms = self._decode_memo.get(decode_seqs)
+        if terms is None:
+            terms = (self.decode_linear(decode_seqs), self.decode_attention(decode_seqs),
+                     self.straggler(decode_seqs), self.straggler_split(decode_seqs))
+            self._decode_memo[decode_seqs] = terms
+        return terms
+
+    @cached_property
+    def _decode_memo(self) -> dict[int, tuple[float, float, float, float]]:
+        return {}
 
     # ---- helpers ----------------------------------------------------------------------------
     def _uses_split_kernel(self, decode_seqs: int, longest: int) -> bool:
@@ -131,15 +159,12 @@ class AdditiveLatencyModel:
             return True
         return longest > PARTITION_TOKENS and decode_seqs * self.heads_per_device <= SPLIT_MAX_SEQ_HEADS
 
-    def _straggler(self, decode_seqs: int, longest: int) -> Curve:
-        return self.straggler_split if self._uses_split_kernel(decode_seqs, longest) else self.straggler
-
     def _kernel_segments(self, decode_seqs: int, longest: int, k: int):
         """(longest context at the segment's start, iterations) over which the kernel choice is
         constant, as the longest context grows by one per iteration."""
         start = longest
         end = longest + k
-        for boundary in (PARTITION_TOKENS + 1, SPLIT_ALWAYS_ABOVE + 1):
+        for boundary in _KERNEL_BOUNDARIES:
             if start < boundary < end:
                 yield start, boundary - start
                 start = boundary

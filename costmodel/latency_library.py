@@ -9,6 +9,8 @@ costmodel/data/latency/a100-80gb/ (derived from ../shared/data/a100_iteration_la
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from functools import lru_cache
@@ -52,7 +54,7 @@ def measured_latency_model(rows: ProfileRows, spec: ModelSpec, device: DeviceSpe
     ~0.1%) and follows the physical form between measured shapes. Used as the "truth" cost of
     planner benchmarks, where it must stay separate from the fitted model the planner uses."""
     model = fit_latency_model(rows, spec, device, INTERPOLATING)
-    return AdditiveLatencyModel(**{**model.__dict__, "kind": "measured"})
+    return dataclasses.replace(model, kind="measured")
 
 
 def measured_latency_model_from_csv(path: str | os.PathLike, device: DeviceSpec | str,
@@ -91,7 +93,7 @@ def _compact(model: AdditiveLatencyModel) -> AdditiveLatencyModel:
     curves = {name: getattr(model, name).simplified() for name in
               ("prefill_linear", "decode_linear", "prefill_attention", "decode_attention",
                "straggler", "straggler_split")}
-    return AdditiveLatencyModel(**{**model.__dict__, **curves})
+    return dataclasses.replace(model, **curves)
 
 
 def load_latency_models(path: str | os.PathLike) -> tuple[list[AdditiveLatencyModel], LatencyFactors | None]:

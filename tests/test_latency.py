@@ -588,3 +588,14 @@ def test_fit_can_keep_the_profiles_total_time():
     plain = fit_latency_model(rows, spec, "a100-80gb")
     assert kept.info["total_rescale"] * plain.iteration_time(rows.batch(0)) == pytest.approx(
         kept.iteration_time(rows.batch(0)), rel=1e-4)
+
+
+def test_memoised_decode_terms_belong_to_their_model():
+    """The per-batch-size memo of a model is not shared with its scaled or compacted copies."""
+    model = hand_model()
+    batch = Batch(decode_seqs=8, decode_context=4_000, decode_max_context=1_000)
+    first = model.iteration_time(batch)
+    assert model.iteration_time(batch) == first  # from the memo
+    assert model.scaled(2.0).iteration_time(batch) == pytest.approx(2 * first)
+    assert model.iteration_time(batch) == first
+    assert model.to_dict() == AdditiveLatencyModel.from_dict(model.to_dict()).to_dict()
