@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 DEFAULT_URL_ENV = "SAMULLM_STORE_URL"
@@ -212,6 +214,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _create_schema(engine: Engine, attempts: int = 5) -> None:
+    """Create the tables that do not exist yet. Several processes may open a new store at once
+    (the runner, the Airflow plugin, a test polling it): the check and the CREATE are not one
+    atomic step, so a process can lose the race ("table ... already exists"); it then checks
+    again, which finds the tables the other made."""
+    for attempt in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def _add_missing_columns(engine: Engine) -> None:
     """Add columns this version defines that an older store's tables lack (all nullable or
     defaulted on insert), so a store made by an earlier version keeps working."""
@@ -236,7 +253,7 @@ class Store:
         self.engine: Engine = create_engine(self.url, future=True, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        _create_schema(self.engine)
         _add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 

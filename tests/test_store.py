@@ -82,3 +82,29 @@ def test_observations_filter_by_model_device_and_tp(store: Store) -> None:
     store.add_observation("m", "output_lengths", {"lengths": [3]})
     assert len(store.observations("m", "latency")) == 2
     assert store.observations("m", "latency", tp=2)[0].payload == {"iterations": [1]}
+
+
+def _open_store(url: str, start_at: float) -> str:
+    import time as _time
+
+    from samullm.store import Store
+
+    _time.sleep(max(0.0, start_at - _time.time()))
+    store = Store(url)
+    store.close()
+    return "ok"
+
+
+def test_many_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """The runner, the Airflow plugin and a client may create the same new store together:
+    none of them may fail with "table ... already exists"."""
+    import multiprocessing
+    import time as _time
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(6) as pool:
+        for attempt in range(4):
+            url = f"sqlite:///{tmp_path / f'store{attempt}.db'}"
+            start_at = _time.time() + 1.5  # after the workers have imported SQLAlchemy
+            results = pool.starmap(_open_store, [(url, start_at)] * 6)
+            assert results == ["ok"] * 6
