@@ -10,6 +10,7 @@ or holds the last value ("constant").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -59,8 +60,36 @@ class Curve:
             return self.y[-1] + self._tail_slope * (value - self.x[-1])
         return float(np.interp(value, self.x, self.y))  # beyond the dense table
 
+    def evaluate(self, values) -> np.ndarray:
+        """The curve at many points at once, each exactly as `__call__` computes it (the same
+        table, the same arithmetic): for costing many simulated iterations with numpy."""
+        values = np.asarray(values, dtype=float)
+        table = self._table_array
+        whole = np.trunc(values)  # int(value)
+        inside = (whole >= 0) & (whole < len(table) - 1)
+        i = np.where(inside, whole, 0).astype(np.intp)
+        low = table[i]
+        high = table[np.minimum(i + 1, len(table) - 1)]
+        result = low + (values - whole) * (high - low)
+        if inside.all():
+            return result
+        return np.where(inside, result, self._outside_many(values))
+
+    def _outside_many(self, values: np.ndarray) -> np.ndarray:
+        """`_outside` at many points."""
+        tail = self.y[-1] + self._tail_slope * (values - self.x[-1])
+        between = np.interp(values, self.x, self.y)
+        return np.where(values <= self.x[0], self.y[0],
+                        np.where(values >= self.x[-1], tail, between))
+
+    @cached_property
+    def _table_array(self) -> np.ndarray:
+        return np.asarray(self._table, dtype=float)
+
     def at(self, values) -> np.ndarray:
-        """The curve at many points at once (numpy; for building models, not the hot path)."""
+        """The curve at many points at once (numpy; for building models, not the hot path).
+        It interpolates the knots, not the table: `evaluate` is what matches `__call__` to the
+        last bit."""
         values = np.asarray(values, dtype=float)
         xs = np.asarray(self.x, dtype=float)
         out = np.interp(values, xs, np.asarray(self.y, dtype=float))

@@ -58,3 +58,20 @@ class LatencyModel(Protocol):
         by one per iteration; 0 = unknown), as in `Batch`. Models should answer in closed
         form: the simulator calls this on its hot path."""
         ...
+
+
+@runtime_checkable
+class BatchLatencyModel(Protocol):
+    """Optional: a latency model that also costs many iterations at once (numpy arrays in, an
+    array of seconds out). The replay uses these when a model has them; each element must equal
+    what the per-iteration method returns for it (the replay's results may not depend on which
+    path it took)."""
+
+    def iteration_times(self, prefill_seqs, prefill_tokens, prefill_attention, decode_seqs,
+                        decode_context, decode_max_context):
+        """`iteration_time` of each batch, given as arrays of the `Batch` fields."""
+        ...
+
+    def decode_run_times(self, decode_seqs, decode_context, num_iterations, decode_max_context):
+        """`decode_run_time` of each run, given as arrays of its arguments."""
+        ...

@@ -29,6 +29,8 @@ The three ways (each produces an `AdditiveLatencyModel`):
     latency_physics.py) with efficiency factors learned on profiled models (latency_predict.py).
 `latency_model_for` (costmodel/latency_library.py) picks the best available for (model, TP,
 device). Both protocol methods cost a few microseconds: curves are tables indexed by integer.
+`iteration_times` and `decode_run_times` give the same numbers, to the last bit, for arrays of
+batches (numpy): the replay costs all its events with one call of each.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from costmodel.curves import Curve
 from costmodel.errors import UserInputError
@@ -136,6 +140,78 @@ class AdditiveLatencyModel:
                         split = self._uses_split_kernel(s, longest)
                         total += count * (straggler_split if split else straggler) * excess
         return total
+
+    # ---- many iterations at once (numpy: the replay costs all its events in one go) -------
+    def iteration_times(self, prefill_seqs, prefill_tokens, prefill_attention, decode_seqs,
+                        decode_context, decode_max_context) -> np.ndarray:
+        """`iteration_time` of many batches, given as arrays of the `Batch` fields: equal to it
+        batch by batch, to the last bit (the same table lookups and the same operations in the
+        same order; every count must be below 2**53)."""
+        prefill_seqs, prefill_tokens, pairs, decode_seqs, context, longest = (
+            np.asarray(values, dtype=float) for values in (
+                prefill_seqs, prefill_tokens, prefill_attention, decode_seqs, decode_context,
+                decode_max_context))
+        n = prefill_tokens + decode_seqs
+        prefilling, decoding = prefill_tokens > 0, decode_seqs > 0
+        linear, attention, straggler, straggler_split = self._decode_terms_many(decode_seqs)
+
+        prefill = self.prefill_linear.evaluate(n) + self.prefill_per_seq * prefill_seqs
+        with_pairs = prefilling & (pairs > 0)
+        if with_pairs.any():
+            pairs_per_token = pairs / np.where(prefilling, prefill_tokens, 1.0)
+            prefill = np.where(with_pairs, prefill
+                               + self.prefill_attention.evaluate(pairs_per_token) * pairs, prefill)
+        t = np.where(prefilling, prefill, linear)
+
+        seqs = np.where(decoding, decode_seqs, 1.0)
+        t = np.where(decoding, t + attention * context, t)
+        excess = longest - context / seqs
+        waits = decoding & (longest != 0) & (excess > 0)
+        split = self._uses_split_kernel_many(decode_seqs, longest)
+        t = np.where(waits, t + np.where(split, straggler_split, straggler) * excess, t)
+        return np.where(n > 0, t, 0.0)
+
+    def decode_run_times(self, decode_seqs, decode_context, num_iterations,
+                         decode_max_context) -> np.ndarray:
+        """`decode_run_time` of many runs, given as arrays of its arguments: equal to it run
+        by run, to the last bit (the kernel segments of a run are added one by one, in order;
+        an absent segment adds an exact zero)."""
+        s, context, k, longest = (np.asarray(values, dtype=float) for values in (
+            decode_seqs, decode_context, num_iterations, decode_max_context))
+        linear, attention, straggler, straggler_split = self._decode_terms_many(s)
+        total = k * linear
+        total = total + attention * (k * context + s * k * (k - 1) / 2.0)
+
+        excess = longest - context / np.where(s > 0, s, 1.0)
+        waits = (longest != 0) & (excess > 0)
+        if waits.any():
+            # Iterations whose longest context lies below 513, in 513..8192, above 8192: the
+            # kernel choice is the same within each (see _uses_split_kernel).
+            low, high = _KERNEL_BOUNDARIES
+            start, end = longest, longest + k
+            counts = (np.maximum(np.minimum(end, low) - start, 0.0),
+                      np.maximum(np.minimum(end, high) - np.maximum(start, low), 0.0),
+                      np.maximum(end - np.maximum(start, high), 0.0))
+            heads = self.heads_per_device
+            few_heads = (s * heads <= SPLIT_MAX_SEQ_HEADS) if heads else np.zeros(s.shape, bool)
+            per_token = (straggler, np.where(few_heads, straggler_split, straggler),
+                         straggler_split if heads else straggler)
+            for count, cost in zip(counts, per_token):
+                total = np.where(waits, total + count * cost * excess, total)
+        return np.where((k > 0) & (s > 0), total, 0.0)
+
+    def _decode_terms_many(self, decode_seqs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(G_d, A_d, B, B_split) at each of `decode_seqs`."""
+        return (self.decode_linear.evaluate(decode_seqs),
+                self.decode_attention.evaluate(decode_seqs),
+                self.straggler.evaluate(decode_seqs), self.straggler_split.evaluate(decode_seqs))
+
+    def _uses_split_kernel_many(self, decode_seqs: np.ndarray, longest: np.ndarray) -> np.ndarray:
+        if not self.heads_per_device:
+            return np.zeros(np.shape(longest), dtype=bool)
+        return (longest > SPLIT_ALWAYS_ABOVE) | (
+            (longest > PARTITION_TOKENS)
+            & (decode_seqs * self.heads_per_device <= SPLIT_MAX_SEQ_HEADS))
 
     def _decode_terms(self, decode_seqs: int) -> tuple[float, float, float, float]:
         """(G_d, A_d, B, B_split) at `decode_seqs`: memoised, as the simulator asks for the

@@ -3,7 +3,7 @@
 It obeys the rules of `replay_reference.py` exactly (tests hold the two to the same iterations,
 preemptions and finish times), but it does not visit every iteration. Between scheduling events
 the batch is the same set of decoding requests, each computing one token per iteration; such a
-run of k iterations is costed with one `LatencyModel.decode_run_time` call. Events are:
+run of k iterations is costed as one, by `LatencyModel.decode_run_time`. Events are:
 - a request finishes (a heap keyed on the decode iteration of its last token);
 - a waiting request can be admitted (possible only right after blocks were freed);
 - a prefill chunk is in flight (v1: at most one request is part-way through its prefill, and it
@@ -20,20 +20,34 @@ tau + block_size - 1 = block_size * u + v. Summed over the n decoders:
 kept with sum(a), n and a sorted list of the p values. Only decoders and the one partial prefill
 hold blocks, so free = usable - partial_blocks - held(tau); and the iteration in which the
 decoders' growth exhausts the free blocks is found by inverting held().
+
+Costing comes after scheduling. All requests are present at time 0, so no scheduling decision
+depends on time: the replay only writes down each event (a single iteration's batch, or a decode
+run's sequences, context, length and longest context) and which event each request finished in.
+The events are then costed at once: with numpy when the latency model offers `iteration_times`
+and `decode_run_times` (`costmodel.interface.BatchLatencyModel`), else with one call per event
+(and one per iteration when the iteration log is kept). Either way each event costs exactly what
+the per-event call returns, and the finish times are the running sum of the durations, added in
+order.
 """
 
 from __future__ import annotations
 
 import heapq
 import inspect
+from array import array
 from bisect import bisect_left, insort
 from collections import deque
 
 import numpy as np
 
 from costmodel.engine_config import EngineConfig
-from costmodel.interface import Batch, LatencyModel
+from costmodel.interface import Batch, BatchLatencyModel, LatencyModel
 from costmodel.simulate import IterationRecorder, SimResult
+
+# Width of one event record (flat lists, `_Replay.steps` and `_Replay.runs`).
+STEP_FIELDS = 6  # the Batch fields, in Batch order
+RUN_FIELDS = 5  # event index, iterations, decode_seqs, decode_context, decode_max_context
 
 
 def _takes_max_context(latency: LatencyModel) -> bool:
@@ -47,15 +61,23 @@ def _takes_max_context(latency: LatencyModel) -> bool:
 
 class _Replay:
     """One engine's state. Request i has prompt[i] tokens and will reach out_len[i] output
-    tokens; num_output[i] is how many it had when it was last (re)admitted."""
+    tokens; num_output[i] is how many it had when it was last (re)admitted (v0; run_v1 keeps
+    prompt + outputs per request in a list of its own).
+
+    What the replay executed, to be costed once it is over (module docstring):
+    steps: a flat list, STEP_FIELDS values per single iteration (its Batch fields, all whole
+      numbers: prefill_attention is kept as an int, and made a float when costed);
+    runs: a flat list, RUN_FIELDS values per run of pure-decode iterations;
+    finish_event[i]: the index (among all events, in order) of the event request i finished in.
+    """
 
     def __init__(self, prompts: np.ndarray, outputs: np.ndarray, latency: LatencyModel,
                  config: EngineConfig, num_kv_blocks: int, record: bool) -> None:
+        self.prompts, self.outputs = prompts, outputs
         self.prompt: list[int] = prompts.tolist()
         self.out_len: list[int] = outputs.tolist()
         self.num_output = [0] * len(self.prompt)
         self.latency = latency
-        self.max_context_kw = _takes_max_context(latency)
         self.config = config
         self.block_size = config.block_size
         self.usable = config.usable_blocks(num_kv_blocks)
@@ -66,27 +88,47 @@ class _Replay:
         self.waiting: deque[int] = deque(range(len(self.prompt)))
         self.running: list[int] = []  # v0: decoding requests in arrival order
         self.offset = [0] * len(self.prompt)  # decoder: num_computed_tokens - tau
-        self.epoch = [0] * len(self.prompt)  # bumped on preemption: its heap entry is stale
         self.n = 0
         self.sum_offset = 0
         self.sum_a = 0
         self.phases: list[int] = []  # sorted offset % block_size of the decoders
         self.offsets: list[int] = []  # sorted offsets of the decoders (for the longest one)
-        self.finish_heap: list[tuple[int, int, int]] = []  # (last decode tau, request, epoch)
+        # Decoders by the decode iteration of their last token: a heap of int keys
+        # last_tau << shift | request (ints compare faster than tuples). A decoder's key is
+        # finish_key[i]; a preempted request's entry stays behind, stale, and is skipped when it
+        # surfaces. Under v1 it can never match again: a preempted decoder recomputes its
+        # tokens in a later step than the one that preempted it, so it comes back with a
+        # smaller offset, and its last token (its key) comes later. (v0 removes the entry.)
+        self.shift = max(len(self.prompt), 1).bit_length()
+        self.mask = (1 << self.shift) - 1
+        # Request i's key if it decoded from offset 0: its last token is computed when
+        # num_computed_tokens = prompt + output - 2, in decode iteration that - offset.
+        self.last_key: list[int] = (((prompts + outputs - 2) << self.shift)
+                                    + np.arange(len(self.prompt))).tolist()
+        self.finish_key = [-1] * len(self.prompt)
+        self.finish_heap: list[int] = []
 
         self.tau = 0
-        self.now = 0.0
-        self.num_iterations = 0
         self.num_preemptions = 0
         self.num_finished = 0
-        self.finish_times: list[float] = [0.0] * len(self.prompt)
-        self.recorder = IterationRecorder() if record else None
+        self.steps: list[int] = []
+        self.runs: list[int] = []
+        self.num_events = 0
+        self.finish_event: list[int] = [-1] * len(self.prompt)
+        self.record = record
 
     def result(self) -> SimResult:
-        return SimResult(total_time=self.now, finish_times=np.asarray(self.finish_times),
-                         num_iterations=self.num_iterations,
+        recorder = IterationRecorder() if self.record else None
+        ends = _event_end_times(self.latency, self.steps, self.runs, self.num_events, recorder)
+        finish_times = ends[_int_array(self.finish_event)] if self.prompt else np.zeros(0)
+        return SimResult(total_time=float(ends[-1]) if self.num_events else 0.0,
+                         finish_times=finish_times,
+                         num_iterations=self.num_iterations(),
                          num_preemptions=self.num_preemptions,
-                         iterations=self.recorder.log() if self.recorder else None)
+                         iterations=recorder.log() if recorder else None)
+
+    def num_iterations(self) -> int:
+        return len(self.steps) // STEP_FIELDS + sum(self.runs[1::RUN_FIELDS])
 
     # ---- decoders in aggregate (used by the v0 replay; run_v1 inlines the same) --------------
     def held(self, tau: int) -> int:
@@ -111,8 +153,9 @@ class _Replay:
         self.sum_a += a
         insort(self.phases, p)
         insort(self.offsets, off)
-        heapq.heappush(self.finish_heap,
-                       (self.prompt[i] + self.out_len[i] - 2 - off, i, self.epoch[i]))
+        key = self.last_key[i] - (off << self.shift)
+        self.finish_key[i] = key
+        heapq.heappush(self.finish_heap, key)
 
     def drop_decoder(self, i: int) -> None:
         off = self.offset[i]
@@ -123,26 +166,29 @@ class _Replay:
         del self.phases[bisect_left(self.phases, p)]
         del self.offsets[bisect_left(self.offsets, off)]
 
-    def decode_batch(self) -> Batch:
+    def decoders(self) -> tuple[int, int, int]:
+        """(decode_seqs, decode_context, decode_max_context) of decode iteration self.tau."""
         tau = self.tau
-        return Batch(decode_seqs=self.n, decode_context=self.sum_offset + self.n * (tau + 1),
-                     decode_max_context=self.offsets[-1] + tau + 1 if self.n else 0)
+        return (self.n, self.sum_offset + self.n * (tau + 1),
+                self.offsets[-1] + tau + 1 if self.n else 0)
 
     def next_finish(self) -> int:
-        heap, epoch = self.finish_heap, self.epoch
-        while heap[0][2] != epoch[heap[0][1]]:
+        heap, finish_key, mask = self.finish_heap, self.finish_key, self.mask
+        while heap[0] != finish_key[heap[0] & mask]:
             heapq.heappop(heap)
-        return heap[0][0]
+        return heap[0] >> self.shift
 
     def finish_decoders(self, tau: int) -> None:
         """Decoders whose last token was sampled by decode iteration tau (just executed)."""
-        heap, epoch = self.finish_heap, self.epoch
-        while heap and heap[0][0] <= tau:
-            _, i, ep = heapq.heappop(heap)
-            if ep == epoch[i]:
+        heap, finish_key, mask = self.finish_heap, self.finish_key, self.mask
+        end = (tau + 1) << self.shift
+        while heap and heap[0] < end:
+            key = heapq.heappop(heap)
+            i = key & mask
+            if key == finish_key[i]:
                 self.drop_decoder(i)
                 self.running.remove(i)
-                self.finish_times[i] = self.now
+                self.finish_event[i] = self.num_events - 1
                 self.num_finished += 1
 
     def preempt_decoder(self, i: int, tau: int) -> int:
@@ -150,7 +196,12 @@ class _Replay:
         `running`); returns the blocks it frees."""
         num_computed = self.offset[i] + tau
         self.drop_decoder(i)
-        self.epoch[i] += 1
+        # Under v0 a preempted request may come back with a key it had before (prefills do not
+        # advance tau), so its entry is taken out now rather than left stale (O(n), but
+        # preemptions are rare).
+        self.finish_heap.remove(self.finish_key[i])
+        heapq.heapify(self.finish_heap)
+        self.finish_key[i] = -1
         self.num_output[i] = num_computed + 1 - self.prompt[i]
         self.waiting.appendleft(i)
         self.num_preemptions += 1
@@ -161,58 +212,55 @@ class _Replay:
         outputs = self.num_output[i] + 1
         self.num_output[i] = outputs
         if outputs == self.out_len[i]:
-            self.finish_times[i] = self.now
+            self.finish_event[i] = self.num_events - 1
             self.num_finished += 1
         else:
             self.add_decoder(i, num_computed_tokens)
             self.running.append(i)
 
-    def execute(self, batch: Batch) -> None:
-        duration = self.latency.iteration_time(batch)
-        if self.recorder is not None:
-            self.recorder.add(self.now, duration, batch)
-        self.now += duration
-        self.num_iterations += 1
+    def execute(self, prefill_seqs: int, prefill_tokens: int, prefill_attention: int,
+                decode_seqs: int, decode_context: int, decode_max_context: int) -> None:
+        """One iteration of this batch (the Batch fields, all ints)."""
+        self.steps += (prefill_seqs, prefill_tokens, prefill_attention, decode_seqs,
+                       decode_context, decode_max_context)
+        self.num_events += 1
 
     def run_decodes(self, k: int) -> None:
         """Execute k pure-decode iterations of the current decoders."""
-        batch = self.decode_batch()
-        if self.recorder is not None:
-            self.now = _record_decode_run(self.recorder, self.latency, batch, k, self.now)
-        elif self.max_context_kw:
-            self.now += self.latency.decode_run_time(batch.decode_seqs, batch.decode_context, k,
-                                                     decode_max_context=batch.decode_max_context)
-        else:
-            self.now += self.latency.decode_run_time(batch.decode_seqs, batch.decode_context, k)
+        self.runs += (self.num_events, k, *self.decoders())
+        self.num_events += 1
         self.tau += k
-        self.num_iterations += k
 
     # ---- vLLM v1 ----------------------------------------------------------------------------
     def run_v1(self) -> None:
         """The v1 replay: one loop with its state in local variables, as it is the hot path
         (the helper methods above do the same bookkeeping for the v0 replay)."""
-        prompt, out_len, num_output = self.prompt, self.out_len, self.num_output
-        last_computed = [p + o - 2 for p, o in zip(prompt, out_len)]  # at its last decode step
-        offset, epoch, finish_times = self.offset, self.epoch, self.finish_times
+        # Per request: its tokens (prompt and outputs so far: num_output is not kept here),
+        # the KV blocks they fill (what admission asks for), its tokens when it is done.
+        tokens = list(self.prompt)
+        need = (-(-self.prompts // self.block_size)).tolist()
+        final_tokens = (self.prompts + self.outputs).tolist()
+        offset, finish_event = self.offset, self.finish_event
         waiting, heap = self.waiting, self.finish_heap
+        last_key, finish_key, shift, mask = self.last_key, self.finish_key, self.shift, self.mask
         phases, offsets = self.phases, self.offsets
+        steps, runs = self.steps, self.runs
         # Decoders in admission order, for picking preemption victims (the most recently
-        # admitted). Finished ones are left in place and skipped when popping: no O(n) removal.
+        # admitted). Finished ones are left in place and skipped when popping (their
+        # finish_event is set; a preempted one was popped): no O(n) removal.
         running: list[int] = []
-        decoding = [False] * len(prompt)
         bs, usable, watermark_blocks = self.block_size, self.usable, self.watermark_blocks
         max_num_seqs, max_num_batched_tokens = self.max_num_seqs, self.max_num_batched_tokens
+        admit_limit = min(max_num_seqs, max_num_batched_tokens)  # n below it: room for one more
         chunked = self.config.chunked_prefill
-        iteration_time = self.latency.iteration_time
-        decode_run_time = self.latency.decode_run_time
-        max_context_kw, recorder = self.max_context_kw, self.recorder
         heappush, heappop = heapq.heappush, heapq.heappop
 
-        total = len(prompt)
+        total = len(tokens)
         n = sum_offset = sum_a = 0  # the decoders in aggregate (module docstring)
         partial, partial_computed, partial_blocks = -1, 0, 0
-        tau, now = 0, 0.0
-        num_finished = num_preemptions = num_iterations = 0
+        tau = event = 0  # event: the index of the next event
+        short = False  # the last decode run stopped where the blocks run short
+        num_finished = num_preemptions = 0
 
         while num_finished < total:
             # The scheduling idea, as vLLM v1 states it: there is no prefill phase and no decode
@@ -226,61 +274,69 @@ class _Replay:
             # waiting queue with num_computed_tokens = 0); a step that preempted admits nobody.
             # Here, a run of steps in which nothing changes but the decoders' lengths is executed
             # at once; the other steps go request by request, as in vLLM.
-            u, v = divmod(tau + bs, bs)
-            held_next = sum_a + n * u + n - bisect_left(phases, bs - v)  # held(tau + 1)
-
-            if partial < 0 and n:
-                admit = False  # would this step admit the head of the waiting queue?
-                if waiting and n < max_num_seqs and n < max_num_batched_tokens:
+            held_next = -1  # held(tau + 1), once known
+            if partial < 0 and n and not short:
+                if waiting and n < admit_limit:  # would this step admit the head of the queue?
                     i = waiting[0]
-                    num_tokens = prompt[i] + num_output[i]
-                    admit = ((chunked or num_tokens <= max_num_batched_tokens - n)
-                             and -(-num_tokens // bs) + watermark_blocks <= usable - held_next)
+                    u = (tau + bs) // bs
+                    needed = need[i] + watermark_blocks
+                    # held(tau + 1) is sum_a + n * u plus at most n: often that settles it.
+                    admit = (needed <= usable - sum_a - n * u
+                             and (chunked or tokens[i] <= max_num_batched_tokens - n))
+                    if admit:
+                        held_next = sum_a + n * u + n - bisect_left(phases, bs * u - tau)
+                        admit = needed <= usable - held_next
+                else:
+                    admit = False
                 if not admit:
                     # Pure decode until the next finish or the step whose blocks run short.
-                    while heap[0][2] != epoch[heap[0][1]]:
+                    key = heap[0]
+                    while key != finish_key[key & mask]:
                         heappop(heap)
-                    last = heap[0][0]
-                    q, m = divmod(usable - sum_a, n)
-                    shortage = bs * q - phases[n - 1 - m]  # first step with held(step+1) > usable
-                    if shortage <= last:
+                        key = heap[0]
+                    last = key >> shift
+                    q = (usable - sum_a) // n
+                    shortage = bs * q - phases[n - 1 - (usable - sum_a - q * n)]
+                    # (shortage: the first step with held(step + 1) > usable)
+                    short = shortage <= last
+                    if short:
                         last = shortage - 1
                     if last >= tau:
                         k = last - tau + 1
-                        context = sum_offset + n * (tau + 1)
-                        longest = offsets[-1] + tau + 1
-                        if recorder is not None:
-                            now = _record_decode_run(recorder, self.latency, Batch(
-                                decode_seqs=n, decode_context=context,
-                                decode_max_context=longest), k, now)
-                        elif max_context_kw:
-                            now += decode_run_time(n, context, k, decode_max_context=longest)
-                        else:
-                            now += decode_run_time(n, context, k)
-                        num_iterations += k
+                        runs += (event, k, n, sum_offset + n * (tau + 1), offsets[-1] + tau + 1)
                         tau = last + 1
-                        while heap and heap[0][0] <= last:  # requests done at step `last`
-                            _, i, ep = heappop(heap)
-                            if ep != epoch[i]:
+                        # Requests done at step `last` (none when the run stopped short of
+                        # blocks: the next step, the one short of blocks, comes right away).
+                        end = tau << shift
+                        while heap and heap[0] < end:
+                            key = heappop(heap)
+                            i = key & mask
+                            if key != finish_key[i]:
                                 continue
                             off = offset[i]
                             n -= 1
                             sum_offset -= off
-                            a, p = divmod(off, bs)
+                            a = off // bs
                             sum_a -= a
-                            del phases[bisect_left(phases, p)]
+                            del phases[bisect_left(phases, off - a * bs)]
                             del offsets[bisect_left(offsets, off)]
-                            decoding[i] = False
-                            finish_times[i] = now
+                            finish_event[i] = event
                             num_finished += 1
+                        event += 1
                         continue
 
             # ---- one step, request by request (Scheduler.schedule()) --------------------------
-            u, v = divmod(tau + bs - 1, bs)
-            held_now = sum_a + n * u + n - bisect_left(phases, bs - v)  # held(tau)
-            token_budget = max_num_batched_tokens
+            short = False
+            # held(tau) = sum_a + n * u + #{p >= bs - v} with tau + bs - 1 = bs * u + v, so
+            # bs - v = bs * u - tau + 1; held(tau + 1) likewise. demand: the decoders crossing
+            # into a new block this step.
+            u = (tau + bs - 1) // bs
+            held_now = sum_a + n * u + n - bisect_left(phases, bs * u - tau + 1)
+            if held_next < 0:
+                u = (tau + bs) // bs
+                held_next = sum_a + n * u + n - bisect_left(phases, bs * u - tau)
+            demand = held_next - held_now
             free = usable - partial_blocks - held_now
-            demand = held_next - held_now  # decoders crossing into a new block this step
             preempted = demand > free
             # vLLM walks the running queue in admission order: each decoder needing a block
             # takes one, and when none is free the most recently admitted request is preempted
@@ -295,29 +351,37 @@ class _Replay:
                     partial, partial_computed, partial_blocks = -1, 0, 0
                     continue
                 victim = running.pop()
-                while not decoding[victim]:
+                while finish_event[victim] >= 0:
                     victim = running.pop()
-                decoding[victim] = False
                 off = offset[victim]
                 n -= 1
                 sum_offset -= off
-                a, p = divmod(off, bs)
+                a = off // bs
+                p = off - a * bs
                 sum_a -= a
                 del phases[bisect_left(phases, p)]
                 del offsets[bisect_left(offsets, off)]
-                epoch[victim] += 1
-                num_output[victim] = off + tau + 1 - prompt[victim]
+                finish_key[victim] = -1
+                num_tokens = off + tau + 1  # it recomputes them all: a prompt
+                tokens[victim] = num_tokens
+                need[victim] = -(-num_tokens // bs)
                 waiting.appendleft(victim)
                 free += -(-(off + tau) // bs)
                 if p == (-tau) % bs:  # it needed a block this step
                     demand -= 1
             free -= demand
-            token_budget -= n
+            token_budget = max_num_batched_tokens - n
 
-            prefills: list[tuple[int, int, int]] = []  # (request, computed before, new tokens)
+            # The batch: the decoders, then the prefill chunks as they are scheduled (a
+            # one-token chunk completing its sequence counts as a decode).
+            decode_seqs, decode_context = n, sum_offset + n * (tau + 1)
+            longest = offsets[-1] + tau + 1 if n else 0
+            prefill_seqs = prefill_tokens = prefill_attention = 0
+            prefills: list[tuple[int, int]] = []  # (request, computed tokens after this step)
             if partial >= 0 and token_budget > 0:
                 i = partial
-                num_new_tokens = min(prompt[i] + num_output[i] - partial_computed, token_budget)
+                num_tokens = tokens[i]
+                num_new_tokens = min(num_tokens - partial_computed, token_budget)
                 needed = -(-(partial_computed + num_new_tokens) // bs) - partial_blocks
                 if needed > free:  # the last running request: it preempts itself
                     num_preemptions += 1
@@ -328,92 +392,99 @@ class _Replay:
                 else:
                     free -= needed
                     partial_blocks += needed
-                    prefills.append((i, partial_computed, num_new_tokens))
+                    computed = partial_computed + num_new_tokens
+                    prefills.append((i, computed))
                     token_budget -= num_new_tokens
+                    if num_new_tokens == 1 and computed == num_tokens:
+                        decode_seqs += 1
+                        decode_context += computed
+                        if computed > longest:
+                            longest = computed
+                    else:
+                        prefill_seqs += 1
+                        prefill_tokens += num_new_tokens
+                        prefill_attention += num_new_tokens * computed
 
             if not preempted:
                 num_running = n + (partial >= 0)
                 while token_budget > 0 and waiting and num_running < max_num_seqs:
                     i = waiting[0]
-                    num_tokens = prompt[i] + num_output[i]
-                    if -(-num_tokens // bs) + (watermark_blocks if num_running else 0) > free:
+                    blocks = need[i]
+                    if blocks + (watermark_blocks if num_running else 0) > free:
                         break
-                    if not chunked and num_tokens > token_budget:
-                        break
-                    num_new_tokens = min(num_tokens, token_budget)
+                    num_tokens = tokens[i]
+                    if num_tokens > token_budget:
+                        if not chunked:
+                            break
+                        # A partial prefill: the last one admitted.
+                        num_new_tokens = token_budget
+                        blocks = -(-num_new_tokens // bs)
+                        partial, partial_computed, partial_blocks = i, 0, blocks
+                    else:
+                        num_new_tokens = num_tokens
                     waiting.popleft()
-                    blocks = -(-num_new_tokens // bs)
                     free -= blocks
                     num_running += 1
-                    if num_new_tokens < num_tokens:  # a partial prefill: the last one admitted
-                        partial, partial_computed, partial_blocks = i, 0, blocks
-                    prefills.append((i, 0, num_new_tokens))
+                    prefills.append((i, num_new_tokens))
                     token_budget -= num_new_tokens
+                    if num_tokens == 1:
+                        decode_seqs += 1
+                        decode_context += 1
+                        if longest < 1:
+                            longest = 1
+                    else:
+                        prefill_seqs += 1
+                        prefill_tokens += num_new_tokens
+                        prefill_attention += num_new_tokens * num_new_tokens
 
             if not prefills and not n:
                 raise RuntimeError("replay stalled: nothing could be scheduled")
-            prefill_seqs = prefill_tokens = 0
-            prefill_attention = 0.0
-            decode_seqs, decode_context = n, sum_offset + n * (tau + 1)
-            longest = offsets[-1] + tau + 1 if n else 0
-            for i, num_computed, num_new_tokens in prefills:
-                if num_new_tokens == 1 and num_computed == prompt[i] + num_output[i] - 1:
-                    decode_seqs += 1  # a one-token chunk completing its sequence: a decode
-                    decode_context += num_computed + 1
-                    longest = max(longest, num_computed + 1)
-                else:
-                    prefill_seqs += 1
-                    prefill_tokens += num_new_tokens
-                    prefill_attention += num_new_tokens * (num_computed + num_new_tokens)
-            batch = Batch(prefill_seqs, prefill_tokens, prefill_attention, decode_seqs,
-                          decode_context, longest)
-            duration = iteration_time(batch)
-            if recorder is not None:
-                recorder.add(now, duration, batch)
-            now += duration
-            num_iterations += 1
+            steps += (prefill_seqs, prefill_tokens, prefill_attention, decode_seqs,
+                      decode_context, longest)
 
-            while heap and heap[0][0] <= tau:  # decoders done at this step
-                _, i, ep = heappop(heap)
-                if ep != epoch[i]:
+            end = (tau + 1) << shift
+            while heap and heap[0] < end:  # decoders done at this step
+                key = heappop(heap)
+                i = key & mask
+                if key != finish_key[i]:
                     continue
                 off = offset[i]
                 n -= 1
                 sum_offset -= off
-                a, p = divmod(off, bs)
+                a = off // bs
                 sum_a -= a
-                del phases[bisect_left(phases, p)]
+                del phases[bisect_left(phases, off - a * bs)]
                 del offsets[bisect_left(offsets, off)]
-                decoding[i] = False
-                finish_times[i] = now
+                finish_event[i] = event
                 num_finished += 1
             tau += 1
-            for i, num_computed, num_new_tokens in prefills:
-                num_computed += num_new_tokens
+            for i, num_computed in prefills:
                 if i == partial:
-                    if num_computed < prompt[i] + num_output[i]:
+                    if num_computed < tokens[i]:
                         partial_computed = num_computed
                         continue
                     partial, partial_computed, partial_blocks = -1, 0, 0
-                outputs = num_output[i] + 1  # all its tokens computed: it samples one more
-                num_output[i] = outputs
-                if outputs == out_len[i]:
-                    finish_times[i] = now
+                num_tokens = tokens[i] + 1  # all its tokens computed: it samples one more
+                tokens[i] = num_tokens
+                if num_tokens == final_tokens[i]:
+                    finish_event[i] = event
                     num_finished += 1
                     continue
                 off = num_computed - tau  # it decodes from step tau on
                 offset[i] = off
                 n += 1
                 sum_offset += off
-                a, p = divmod(off, bs)
+                a = off // bs
                 sum_a += a
-                insort(phases, p)
+                insort(phases, off - a * bs)
                 insort(offsets, off)
-                heappush(heap, (last_computed[i] - off, i, epoch[i]))
-                decoding[i] = True
+                key = last_key[i] - (off << shift)
+                finish_key[i] = key
+                heappush(heap, key)
                 running.append(i)
+            event += 1
 
-        self.now, self.tau, self.num_iterations = now, tau, num_iterations
+        self.tau, self.num_events = tau, event
         self.num_preemptions, self.num_finished = num_preemptions, num_finished
 
     # ---- vLLM 0.3.x (v0, padded prefill) ----------------------------------------------------
@@ -478,8 +549,7 @@ class _Replay:
             num_running += 1
             admitted.append(i)
         padded, m = max(seq_lens), len(admitted)
-        self.execute(Batch(prefill_seqs=m, prefill_tokens=m * padded,
-                           prefill_attention=float(m * padded * padded)))
+        self.execute(m, m * padded, m * padded * padded, 0, 0, 0)
         for i, num_tokens in zip(admitted, seq_lens):
             self.prefilled(i, num_tokens)  # decoders from iteration tau (not advanced)
         self.running.sort()  # v0 keeps running requests in arrival order
@@ -502,9 +572,69 @@ class _Replay:
                 free -= 1
             j += 1
         if self.n:
-            self.execute(self.decode_batch())
+            self.execute(0, 0, 0, *self.decoders())
             self.tau = tau + 1
             self.finish_decoders(tau)
+
+
+def _event_end_times(latency: LatencyModel, steps: list, runs: list, num_events: int,
+                     recorder: IterationRecorder | None) -> np.ndarray:
+    """The time at the end of each event (see `_Replay`), from the start of the replay."""
+    if recorder is None and isinstance(latency, BatchLatencyModel):
+        step_rows = _int_array(steps).reshape(-1, STEP_FIELDS).astype(float)
+        run_rows = _int_array(runs).reshape(-1, RUN_FIELDS)
+        run_events = run_rows[:, 0]
+        run_rows = run_rows.astype(float)
+        is_step = np.ones(num_events, dtype=bool)
+        is_step[run_events] = False
+        durations = np.empty(num_events)
+        durations[run_events] = latency.decode_run_times(
+            run_rows[:, 2], run_rows[:, 3], run_rows[:, 1], run_rows[:, 4])
+        durations[is_step] = latency.iteration_times(*step_rows.T)
+        return np.cumsum(durations)  # a running sum, added in order like the loop below
+    return _event_end_times_one_by_one(latency, steps, runs, num_events, recorder)
+
+
+def _int_array(values: list[int]) -> np.ndarray:
+    """A list of Python ints as an int64 array (array.array converts them fastest)."""
+    ints = array("q")
+    ints.fromlist(values)
+    return np.frombuffer(ints, dtype=np.int64)
+
+
+def _event_end_times_one_by_one(latency: LatencyModel, steps: list, runs: list, num_events: int,
+                                recorder: IterationRecorder | None) -> np.ndarray:
+    """`_event_end_times` with one latency call per event (any `LatencyModel`), or one per
+    iteration while keeping the iteration log."""
+    iteration_time, decode_run_time = latency.iteration_time, latency.decode_run_time
+    max_context_kw = _takes_max_context(latency)
+    ends = np.empty(num_events)
+    now = 0.0
+    step = run = 0  # where the next step and the next run are in their lists
+    next_run = runs[0] if runs else num_events
+    for event in range(num_events):
+        if event == next_run:
+            k, n, context, longest = runs[run + 1:run + RUN_FIELDS]
+            run += RUN_FIELDS
+            next_run = runs[run] if run < len(runs) else num_events
+            if recorder is not None:
+                now = _record_decode_run(recorder, latency, Batch(
+                    decode_seqs=n, decode_context=context, decode_max_context=longest), k, now)
+            elif max_context_kw:
+                now += decode_run_time(n, context, k, decode_max_context=longest)
+            else:
+                now += decode_run_time(n, context, k)
+        else:
+            prefill_seqs, prefill_tokens, pairs, decode_seqs, context, longest = \
+                steps[step:step + STEP_FIELDS]
+            step += STEP_FIELDS
+            batch = Batch(prefill_seqs, prefill_tokens, float(pairs), decode_seqs, context, longest)
+            duration = iteration_time(batch)
+            if recorder is not None:
+                recorder.add(now, duration, batch)
+            now += duration
+        ends[event] = now
+    return ends
 
 
 def _record_decode_run(recorder: IterationRecorder, latency: LatencyModel, first: Batch, k: int,

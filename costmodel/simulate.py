@@ -7,9 +7,10 @@ the total time, every request's finish time and counts. All requests are present
 the given order (offline inference: FCFS = list order).
 
 Two replays obey the same rules:
-- `costmodel.replay` (default): event-driven. Between scheduling events it costs whole runs of
-  pure-decode iterations with one `decode_run_time` call; 10,000 requests take a fraction of a
-  second.
+- `costmodel.replay` (default): event-driven. Between scheduling events it takes whole runs of
+  pure-decode iterations at once (costed in closed form by `decode_run_time`); it schedules
+  first and costs all its events afterwards, with numpy when the latency model offers
+  `iteration_times`/`decode_run_times`. 10,000 requests take a fraction of a second.
 - `costmodel.replay_reference` (`exact=True`): one iteration at a time, one request at a time,
   written to be read beside vLLM's `Scheduler.schedule()`. Tests hold the two equal.
 
