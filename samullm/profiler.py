@@ -157,12 +157,12 @@ class WaveRow:
     delay_steps: int = 0
 
 
-def sweep_shapes(sweep: Sweep, max_num_batched_tokens: int) -> list[WaveRow]:
+def sweep_shapes(sweep: Sweep, max_num_batched_tokens: int, max_model_len: int = 2048) -> list[WaveRow]:
     """The rows, in waves, that make the engine run the sweep's shapes; wave 0 is a warm-up.
     (What a profile measures depends on these: the calibration's cache key includes them.)"""
     budget = max_num_batched_tokens
-    shapes = [WaveRow("warmup", WARMUP_WAVE, 128, 8, count=4),
-              WaveRow("warmup", WARMUP_WAVE, min(512, budget - 8), 2)]
+    shapes = [WaveRow("warmup", WARMUP_WAVE, min(128, max_model_len - 9), 8, count=4),
+              WaveRow("warmup", WARMUP_WAVE, min(512, budget - 8, max_model_len - 3), 2)]
     wave = WARMUP_WAVE + 1
     for _ in range(sweep.repeats):
         for n, p in sweep.prefill:
@@ -196,15 +196,16 @@ def _fitted(sweep: Sweep, engine: EngineOptions) -> tuple[int, int, Sweep]:
 
 def profile_shapes(sweep: Sweep, engine: EngineOptions) -> list[WaveRow]:
     """The rows `profile_model` submits for `sweep` on `engine`, without their prompts."""
-    budget, _, fitted = _fitted(sweep, engine)
-    return sweep_shapes(fitted, budget)
+    budget, max_len, fitted = _fitted(sweep, engine)
+    return sweep_shapes(fitted, budget, max_len)
 
 
-def sweep_rows(sweep: Sweep, vocab_size: int, max_num_batched_tokens: int, seed: int = 0) -> list[Row]:
+def sweep_rows(sweep: Sweep, vocab_size: int, max_num_batched_tokens: int, seed: int = 0,
+               max_model_len: int = 2048) -> list[Row]:
     """The rows of `sweep_shapes`, each with its own random prompt."""
     make = _RowFactory(vocab_size, seed)
     return [make.row(shape.kind, shape.wave, shape.prompt_len, shape.max_tokens, shape.delay_steps)
-            for shape in sweep_shapes(sweep, max_num_batched_tokens) for _ in range(shape.count)]
+            for shape in sweep_shapes(sweep, max_num_batched_tokens, max_model_len) for _ in range(shape.count)]
 
 
 def csv_row(record: IterationRecord) -> dict[str, object]:
@@ -295,7 +296,7 @@ def profile_model(
         device_ids=list(devices.device_ids[:tp]),
         device_cores=[list(c) for c in devices.device_cores] if devices.device_cores else None,
         engine=engine.model_copy(update={"max_num_batched_tokens": budget, "max_model_len": max_len}),
-        rows=sweep_rows(fitted, vocab, budget),
+        rows=sweep_rows(fitted, vocab, budget, max_model_len=max_len),
         result_path=str((workdir / "results.jsonl").resolve()),
         iteration_log_path=str((workdir / "iterations.jsonl").resolve()),
     )

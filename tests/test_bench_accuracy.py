@@ -87,3 +87,6 @@ def test_smoke_run_measures_and_predicts(tmp_path, capsys):
     assert w["limits"]["block_size"] == 128 and w["limits"]["max_num_batched_tokens"] == 4096
     assert np.isfinite(figures["max_error"]) and figures["noise"] >= 0
     assert w["startup_predicted_s"] > 0
+    # The speed probe ran on each run's engine before its rows and was timed apart from them.
+    assert len(w["speed_factors"]) == 2 and all(0.2 < f < 5 for f in w["speed_factors"])
+    assert w["predicted_s"] == pytest.approx(w["calibrated_s"] * np.mean(w["speed_factors"]), rel=1e-3)

@@ -14,8 +14,16 @@ prompt fills the context are dropped. The trace is split into two disjoint rando
   worker's `loaded` event reports (max_num_seqs, token budget, block size, KV blocks), plus
   the worker's calibrated per-step overhead.
 
+Speed probe (default; `--no-probe` skips it): a shared VM's speed drifts by 20-25% within an
+hour, so a latency model profiled earlier is off by that much whatever its quality. Before its
+rows, every run's engine runs `samullm.speed_probe`'s few profile shapes (~2-5 s); their
+measured step times over the latency model's for the same batches is the machine's speed factor
+now. The prediction is the calibrated estimate times the mean factor of the workload's runs; the
+estimate without it is reported beside ("calibrated_error"). The probe never sees the
+workload's requests or their lengths.
+
 Measured run time: the worker's `finished` event's elapsed time, from the engine loaded to the
-last row written (start-up apart). Start-up is predicted by the
+last row written, less the probe's steps (start-up apart). Start-up is predicted by the
 calibrated start-up fit and its error reported separately; it runs from the worker's spawn to
 its `loaded` event, as the runner counts a launch's load time. Every workload runs `--repeats`
 times, the repetitions interleaved (all workloads once, then again) so that a burst of load
@@ -33,7 +41,8 @@ the best stand-in for an undisturbed one: "error_vs_fastest" = predicted / faste
 its median and maximum over the workloads, are reported beside. Each run's 1-minute load
 average is recorded (above TP + 1, another process competed for the cores: a warning says so).
 Final JSON line: {"workloads": {NAME: figures}, "median_error", "max_error", "noise",
-"median_error_vs_fastest", "max_error_vs_fastest", "startup_median_error",
+"median_error_vs_fastest", "max_error_vs_fastest", "calibrated_median_error",
+"calibrated_max_error", "startup_median_error",
 "startup_max_error", "within_goal"} (within_goal: the brief's goal, median |error| <= 5% and
 every |error| <= 10%, each bound raised to 1.5x the run-to-run noise where that is larger).
 """
@@ -64,6 +73,7 @@ from samullm.calibrate import (Calibration, CalibrationSettings, calibrate, cali
                                load_calibration, resolve_model)
 from samullm.devices import DeviceSet, resolve_device_set
 from samullm.errors import UserInputError
+from samullm.speed_probe import after_probe, probe_end_s, probe_rows, speed_factor, split_records
 from samullm.worker import JobSpec, Row, SamplingSpec, read_iterations, run_job
 from samullm.worker.messages import Loaded
 
@@ -128,6 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MODEL:TP:TRACE:REQUESTS[:MAX_TOKENS] (repeatable; default: the "
                              f"{len(DEFAULT_WORKLOADS)} built-in workloads); TRACE one of {', '.join(TRACES)}")
     parser.add_argument("--only", default="", help="comma list of built-in workload numbers (1-based) to run")
+    parser.add_argument("--no-probe", dest="probe", action="store_false",
+                        help="skip the speed probe before each run (prediction from the calibration alone)")
     parser.add_argument("--repeats", type=int, default=2, help="measured runs per workload (>= 2 shows noise)")
     parser.add_argument("--samples", type=int, default=16, help="output-length samples of the estimator")
     parser.add_argument("--devices", default="cpu", help="cpu | gpu | node file (default cpu)")
@@ -194,23 +206,29 @@ def token_rows(input_lens, output_lens, vocab_size: int, seed: int, prefix: str 
 
 @dataclass(frozen=True)
 class Measured:
-    run_s: float  # loaded -> finished
+    run_s: float  # the real rows: end of the probe -> finished
     startup_s: float  # worker spawn -> loaded
     limits: Loaded
-    iterations: list  # IterationRecord
+    iterations: list  # IterationRecord of the real rows
+    probe: list  # IterationRecord of the speed probe's timed steps (empty without a probe)
     output_tokens: int
     load_average: float  # 1-minute load average after the run (this engine counts for TP)
 
 
 def measure(model_dir: Path, w: Workload, rows: list[Row], devices: DeviceSet,
-            settings: CalibrationSettings, device: DeviceSpec, workdir: Path) -> Measured:
+            settings: CalibrationSettings, device: DeviceSpec, workdir: Path,
+            probe: list[Row] | None = None) -> Measured:
+    """One run of the workload's rows on a new engine; with `probe`, the speed probe's rows run
+    first on the same engine (their waves before the real rows') and are timed apart."""
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("results.jsonl", "iterations.jsonl", "worker.log"):
         (workdir / stale).unlink(missing_ok=True)
+    probe = probe or []
+    engine = settings.engine_options(device, w.tp)
     job = JobSpec(model=str(model_dir), tensor_parallel_size=w.tp, device_kind=devices.kind,
                   device_ids=list(devices.device_ids[:w.tp]),
                   device_cores=[list(c) for c in devices.device_cores] if devices.device_cores else None,
-                  engine=settings.engine_options(device, w.tp), rows=rows,
+                  engine=engine, rows=probe + after_probe(rows, probe),
                   result_path=str((workdir / "results.jsonl").resolve()),
                   iteration_log_path=str((workdir / "iterations.jsonl").resolve()))
     spawned = time.time()  # run_job starts the worker at once
@@ -219,11 +237,14 @@ def measure(model_dir: Path, w: Workload, rows: list[Row], devices: DeviceSet,
         detail = getattr(outcome.terminal, "message", None) or f"exit code {outcome.returncode}"
         raise UserInputError(f"workload {w.name} failed: {detail} (log: {workdir / 'worker.log'})")
     finished = outcome.terminal
-    if finished.rows_done != len(rows) or finished.rows_failed:
-        raise UserInputError(f"workload {w.name}: {finished.rows_done} of {len(rows)} rows done, "
+    if finished.rows_done != len(job.rows) or finished.rows_failed:
+        raise UserInputError(f"workload {w.name}: {finished.rows_done} of {len(job.rows)} rows done, "
                              f"{finished.rows_failed} failed (log: {workdir / 'worker.log'})")
-    return Measured(finished.elapsed_s, outcome.loaded.time - spawned, outcome.loaded,
-                    read_iterations(job.iteration_log_path), finished.output_tokens,
+    records = read_iterations(job.iteration_log_path)
+    timed, real = split_records(records, probe)
+    probe_tokens = sum(r.sampling.max_tokens for r in probe if r.sampling)
+    return Measured(finished.elapsed_s - probe_end_s(records, probe), outcome.loaded.time - spawned,
+                    outcome.loaded, real, timed, finished.output_tokens - probe_tokens,
                     round(os.getloadavg()[0], 2))
 
 
@@ -332,15 +353,16 @@ def run(args: argparse.Namespace) -> dict:
         spec = load_model_spec(str(model_dir))
         req = workload_requests(w, args.max_model_len, args.seed)
         rows = token_rows(req.input_lens, req.output_lens, spec.vocab_size, args.seed + w.seed)
-        prepared[w.name] = (model_dir, spec, req, rows)
+        probe = probe_rows(settings.engine_options(device, w.tp), spec.vocab_size, args.seed) if args.probe else []
+        prepared[w.name] = (model_dir, spec, req, rows, probe)
 
     measured: dict[str, list[Measured]] = {w.name: [] for w in workloads}
     for rep in range(args.repeats):
         for w in workloads:
-            model_dir, _, req, rows = prepared[w.name]
+            model_dir, _, req, rows, probe = prepared[w.name]
             console.print(f"run {rep + 1}/{args.repeats}: {w.name} ({len(rows)} requests, "
                           f"{int(req.output_lens.sum())} output tokens) ...")
-            m = measure(model_dir, w, rows, devices, settings, device, workdir / w.name / f"run{rep}")
+            m = measure(model_dir, w, rows, devices, settings, device, workdir / w.name / f"run{rep}", probe)
             if m.output_tokens != int(req.output_lens.sum()):
                 raise UserInputError(f"workload {w.name}: the engine generated {m.output_tokens} "
                                      f"tokens, {int(req.output_lens.sum())} were imposed")
@@ -349,23 +371,30 @@ def run(args: argparse.Namespace) -> dict:
 
     figures: dict[str, dict] = {}
     for w in workloads:
-        _, spec, req, _ = prepared[w.name]
+        _, spec, req, _, _ = prepared[w.name]
         runs = measured[w.name]
         p = predict(spec, w, req, cal, runs[0].limits, args.samples, args.seed)
         times = np.array([m.run_s for m in runs])
         mean = float(times.mean())
         startups = np.array([m.startup_s for m in runs])
         latency = cal.latency(spec, w.tp)
+        # The machine's speed now vs at calibration, from each run's probe: the prediction is
+        # the calibrated one times the runs' mean factor (1 without a probe).
+        factors = [speed_factor(latency, m.probe) for m in runs]
+        predicted = p.run_s * float(np.mean(factors))
         figures[w.name] = {
             "model": w.model, "tp": w.tp, "trace": w.trace, "requests": w.requests,
             "max_tokens": req.max_tokens, "output_tokens": int(req.output_lens.sum()),
             "measured_s": [round(t, 3) for t in times.tolist()],
-            "predicted_s": round(p.run_s, 3), "predicted_spread_s": round(p.spread_s, 3),
-            "error": round(p.run_s / mean - 1, 4),
-            "error_vs_fastest": round(p.run_s / float(times.min()) - 1, 4),
+            "predicted_s": round(predicted, 3), "predicted_spread_s": round(p.spread_s, 3),
+            "error": round(predicted / mean - 1, 4),
+            "error_vs_fastest": round(predicted / float(times.min()) - 1, 4),
+            "speed_factors": [round(f, 4) for f in factors],
+            "calibrated_s": round(p.run_s, 3), "calibrated_error": round(p.run_s / mean - 1, 4),
             "noise": round(float(times.max() - times.min()) / mean, 4),
-            "oracle_error": round(p.oracle_s / mean - 1, 4),
-            "latency_error": round(float(np.mean([latency_error(latency, m.iterations) for m in runs])), 4),
+            "oracle_error": round(p.oracle_s * float(np.mean(factors)) / mean - 1, 4),
+            "latency_error": round(float(np.mean([(1 + latency_error(latency, m.iterations)) * f - 1
+                                                  for m, f in zip(runs, factors)])), 4),
             "iterations": [len(m.iterations) for m in runs], "oracle_iterations": p.oracle_iterations,
             "replay_shape_match": round(min(shape_match(p.oracle_log, m.iterations) for m in runs), 4),
             "startup_measured_s": [round(s, 2) for s in startups.tolist()],
@@ -383,23 +412,27 @@ def summarise(figures: dict[str, dict], console: Console) -> dict:
     noise = np.array([f["noise"] for f in figures.values()])
     fastest = np.array([abs(f["error_vs_fastest"]) for f in figures.values()])
     startup = np.array([abs(f["startup_error"]) for f in figures.values()])
+    calibrated = np.array([abs(f["calibrated_error"]) for f in figures.values()])
     within = [abs(f["error"]) <= max(0.10, 1.5 * f["noise"]) for f in figures.values()]
 
     table = Table(title="bench accuracy: predicted vs measured engine run time (start-up apart)")
-    for column in ("workload", "measured s", "predicted s", "error", "noise", "oracle err",
+    for column in ("workload", "measured s", "predicted s", "error", "speed", "calibrated err", "noise", "oracle err",
                    "latency err", "steps real/replay (same)", "start-up s (pred)", "start-up err"):
         table.add_column(column, justify="left" if column == "workload" else "right")
     for name, f in figures.items():
         table.add_row(name, " / ".join(f"{t:.2f}" for t in f["measured_s"]),
                       f"{f['predicted_s']:.2f} ± {f['predicted_spread_s']:.2f}",
-                      f"{f['error']:+.1%}", f"{f['noise']:.1%}", f"{f['oracle_error']:+.1%}",
+                      f"{f['error']:+.1%}", " / ".join(f"{x:.2f}" for x in f["speed_factors"]),
+                      f"{f['calibrated_error']:+.1%}", f"{f['noise']:.1%}", f"{f['oracle_error']:+.1%}",
                       f"{f['latency_error']:+.1%}",
                       f"{statistics.mean(f['iterations']):.0f}/{f['oracle_iterations']} "
                       f"({f['replay_shape_match']:.0%})",
                       f"{statistics.mean(f['startup_measured_s']):.1f} ({f['startup_predicted_s']:.1f})",
                       f"{f['startup_error']:+.1%}")
     wide_console().print(table)
-    console.print("error = predicted / mean measured - 1; noise = (max - min) / mean of the runs; "
+    console.print("error = predicted / mean measured - 1, the prediction being the calibrated one times the "
+                  "speed probe's factor (speed: the probe's measured / predicted step time per run; "
+                  "calibrated err: without it); noise = (max - min) / mean of the runs; "
                   "oracle = replay with the true output lengths; latency = the latency model on "
                   "the real iterations. Timings on a shared 2-core machine are noisy.")
     busy = [name for name, f in figures.items() if max(f["load_average"]) > f["tp"] + 1]
@@ -413,6 +446,8 @@ def summarise(figures: dict[str, dict], console: Console) -> dict:
         "noise": round(float(np.median(noise)), 4),
         "median_error_vs_fastest": round(float(np.median(fastest)), 4),
         "max_error_vs_fastest": round(float(fastest.max()), 4),
+        "calibrated_median_error": round(float(np.median(calibrated)), 4),
+        "calibrated_max_error": round(float(calibrated.max()), 4),
         "startup_median_error": round(float(np.median(startup)), 4),
         "startup_max_error": round(float(startup.max()), 4),
         "within_goal": bool(np.median(errors) <= max(0.05, 1.5 * float(np.median(noise)))
