@@ -6,8 +6,9 @@ the start and the short ones share devices one after another, each loading once.
 looks for that directly: every node gets a fixed plan and a priority; a list scheduler starts
 runnable nodes in priority order as soon as their plan's devices are free (never moving a
 running node, so no work is lost and every node loads once); a local search then widens the
-plan of one node at a time or moves it earlier in the order, keeping any change that finishes
-sooner on the cost model.
+plan of one node at a time, moves it earlier in the order, or puts a chain of nodes of one
+engine on one device count together (with the plan of the node consuming it), keeping any
+change that finishes sooner on the cost model.
 """
 
 from __future__ import annotations
@@ -132,24 +133,20 @@ def improve(start: Callable[[], Timeline], max_rounds: int = 4) -> tuple[float, 
     except (UserInputError, InvalidStage):
         return None
     num = root.coster.topology.num_devices
+    groups = _engine_groups(root, names)
     for _ in range(max_rounds):
         improved = False
         for n in names:
-            moves = []
-            have = best.plans[n].num_devices
-            for d in range(have + 1, num + 1):
-                wider = fastest_with(root, n, d)
-                if wider is not None:
-                    moves.append(ListPolicy({**best.plans, n: wider}, best.order))
-                    break
-            i = best.order.index(n)
-            # Move the node earlier: every position for small applications, one step otherwise.
-            targets = range(i) if len(names) <= SMALL else [i - 1] if i > 0 else []
-            for j in targets:
-                order = list(best.order)
-                order.insert(j, order.pop(i))
-                moves.append(ListPolicy(best.plans, tuple(order)))
+            moves = _widen_moves(root, best, n, num) + _order_moves(best, n, len(names))
             for cand in moves:
+                try:
+                    t, stages = _evaluate(start, cand)
+                except (UserInputError, InvalidStage):
+                    continue
+                if t < best_time - 1e-9:
+                    best, best_time, best_stages, improved = cand, t, stages, True
+        for group in groups:
+            for cand in _group_moves(root, best, group, num):
                 try:
                     t, stages = _evaluate(start, cand)
                 except (UserInputError, InvalidStage):
@@ -159,3 +156,76 @@ def improve(start: Callable[[], Timeline], max_rounds: int = 4) -> tuple[float, 
         if not improved:
             break
     return best_time, best_stages, best
+
+
+def _widen_moves(root: Timeline, best: ListPolicy, n: str, num: int) -> list[ListPolicy]:
+    """`n` one step wider (the next device count with a plan)."""
+    have = best.plans[n].num_devices
+    for d in range(have + 1, num + 1):
+        wider = fastest_with(root, n, d)
+        if wider is not None:
+            return [ListPolicy({**best.plans, n: wider}, best.order)]
+    return []
+
+
+def _plan_moves(root: Timeline, best: ListPolicy, n: str, num: int) -> list[ListPolicy]:
+    """`n` on the fastest plan of every other device count: one step wider alone rarely pays
+    when the right count is far (a 70B evaluator from TP2 to TP4 beside a chain)."""
+    have = best.plans[n].num_devices
+    moves = []
+    for d in sorted(range(1, num + 1), key=lambda d: (d < have, abs(d - have))):
+        plan = fastest_with(root, n, d) if d != have else None
+        if plan is not None:
+            moves.append(ListPolicy({**best.plans, n: plan}, best.order))
+    return moves
+
+
+def _order_moves(best: ListPolicy, n: str, count: int) -> list[ListPolicy]:
+    """Move `n` earlier: every position for small applications, one step otherwise."""
+    i = best.order.index(n)
+    targets = range(i) if count <= SMALL else [i - 1] if i > 0 else []
+    moves = []
+    for j in targets:
+        order = list(best.order)
+        order.insert(j, order.pop(i))
+        moves.append(ListPolicy(best.plans, tuple(order)))
+    return moves
+
+
+def _engine_groups(root: Timeline, names: list[str]) -> list[list[str]]:
+    """Chains of nodes of one engine (the steps of a summariser): on one plan each takes the
+    previous one's warm engine, a change no single-node move finds when each step alone gains
+    nothing. Nodes of one engine linked by a dependency form a group."""
+    coster = root.coster
+    parent = {n: n for n in names}
+
+    def find(n: str) -> str:
+        while parent[n] != n:
+            n = parent[n]
+        return n
+
+    for n in names:
+        for u in coster.upstream(n):
+            if u in parent and coster.engine_key(u) == coster.engine_key(n):
+                parent[find(u)] = find(n)
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(find(n), []).append(n)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _group_moves(root: Timeline, best: ListPolicy, group: list[str], num: int) -> list[ListPolicy]:
+    """The group on one device count, alone and with each plan move of a node right below it
+    (a chain narrowed to leave room for its consumer wants that consumer wider, and so on)."""
+    below = [n for n in best.plans if n not in group and any(u in group for u in root.coster.upstream(n))]
+    moves = []
+    for d in range(1, num + 1):
+        plans = {n: fastest_with(root, n, d) for n in group}
+        if any(p is None for p in plans.values()):
+            continue
+        moved = ListPolicy({**best.plans, **plans}, best.order)
+        if moved.plans != best.plans:
+            moves.append(moved)
+        for n in below:
+            moves += _plan_moves(root, moved, n, num)
+    return moves
