@@ -7,14 +7,15 @@ looks for that directly: every node gets a fixed plan and a priority; a list sch
 runnable nodes in priority order as soon as their plan's devices are free (never moving a
 running node, so no work is lost and every node loads once); a local search then widens the
 plan of one node at a time, moves it earlier in the order, or puts a chain of nodes of one
-engine on one device count together (with the plan of the node consuming it), keeping any
+engine on one device count together (with the plan of the node consuming it), or lets the
+policy relaunch the member finishing last onto devices left idle at the end, keeping any
 change that finishes sooner on the cost model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from samullm.baselines import run_policy
 from samullm.errors import UserInputError
@@ -43,6 +44,7 @@ class ListPolicy:
 
     plans: dict[str, ExecPlan]
     order: tuple[str, ...]
+    restart_tail: bool = False  # see _restart_tail
 
     def __call__(self, tl: Timeline) -> dict[str, Choice]:
         choice: dict[str, Choice] = {n: Keep() for n in tl.running()}
@@ -78,6 +80,8 @@ class ListPolicy:
             raise UserInputError("no runnable node fits on the free devices")
         launches = self._widen(tl, launches, busy, runnable)
         choice.update({n: Launch(p) for n, p in launches.items()})
+        if self.restart_tail and not [n for n in runnable if n not in choice]:
+            choice = _restart_tail(tl, choice)
         return choice
 
     def _widen(self, tl: Timeline, launches: dict[str, ExecPlan], busy: set[int], runnable: set[str]):
@@ -102,6 +106,41 @@ class ListPolicy:
             if place(tl.coster.topology, list(trial.items()), busy=busy) is None:
                 return launches
             launches = trial
+
+
+def _end(tl: Timeline, name: str, choice: Choice) -> float:
+    if isinstance(choice, Keep):
+        return tl.nodes[name].run.end
+    return tl.time + _run_time(tl, name, choice.plan)
+
+
+def _restart_tail(tl: Timeline, choice: dict[str, Choice]) -> dict[str, Choice]:
+    """Devices idle with nothing waiting for them: while the member that finishes last is a
+    running node and relaunching it on a plan using the idle devices too finishes it sooner
+    (its load and lost in-flight work included), relaunch it. Without this the tail of an
+    ensemble runs on one device while the others wait for the judge."""
+    num = tl.coster.topology.num_devices
+    used = {n: (tl.nodes[n].run.plan if isinstance(c, Keep) else c.plan).num_devices for n, c in choice.items()}
+    for _ in range(num):
+        free = num - sum(used.values())
+        if free <= 0 or not choice:
+            return choice
+        ends = {n: _end(tl, n, c) for n, c in choice.items()}
+        last = max(ends, key=lambda n: (ends[n], n))
+        if not isinstance(choice[last], Keep):
+            return choice
+        have = used[last]
+        plans = [p for p in tl.coster.plans(last) if have < p.num_devices <= have + free]
+        best = min(plans, key=lambda p: _end(tl, last, Launch(p)), default=None)
+        if best is None or _end(tl, last, Launch(best)) >= ends[last] - 1e-9:
+            return choice
+        trial = {**choice, last: Launch(best)}
+        keep = [n for n, c in trial.items() if isinstance(c, Keep)]
+        launches = [(n, c.plan) for n, c in trial.items() if isinstance(c, Launch)]
+        if place(tl.coster.topology, launches, busy=tl.busy_devices(keep)) is None:
+            return choice
+        choice, used = trial, {**used, last: best.num_devices}
+    return choice
 
 
 def _evaluate(start: Callable[[], Timeline], policy: ListPolicy) -> tuple[float, list[PlannedStage]]:
@@ -134,27 +173,31 @@ def improve(start: Callable[[], Timeline], max_rounds: int = 4) -> tuple[float, 
         return None
     num = root.coster.topology.num_devices
     groups = _engine_groups(root, names)
+    state = [best, best_time, best_stages]
+
+    def consider(cands: list[ListPolicy]) -> bool:
+        gained = False
+        for cand in cands:
+            try:
+                t, stages = _evaluate(start, cand)
+            except (UserInputError, InvalidStage):
+                continue
+            if t < state[1] - 1e-9:
+                state[:] = [cand, t, stages]
+                gained = True
+        return gained
+
     for _ in range(max_rounds):
         improved = False
         for n in names:
-            moves = _widen_moves(root, best, n, num) + _order_moves(best, n, len(names))
-            for cand in moves:
-                try:
-                    t, stages = _evaluate(start, cand)
-                except (UserInputError, InvalidStage):
-                    continue
-                if t < best_time - 1e-9:
-                    best, best_time, best_stages, improved = cand, t, stages, True
+            improved |= consider(_widen_moves(root, state[0], n, num) + _order_moves(state[0], n, len(names)))
+        # Relaunching the last member onto idle devices at the end (or not).
+        improved |= consider([replace(state[0], restart_tail=not state[0].restart_tail)])
         for group in groups:
-            for cand in _group_moves(root, best, group, num):
-                try:
-                    t, stages = _evaluate(start, cand)
-                except (UserInputError, InvalidStage):
-                    continue
-                if t < best_time - 1e-9:
-                    best, best_time, best_stages, improved = cand, t, stages, True
+            improved |= consider(_group_moves(root, state[0], group, num))
         if not improved:
             break
+    best, best_time, best_stages = state
     return best_time, best_stages, best
 
 
@@ -164,7 +207,7 @@ def _widen_moves(root: Timeline, best: ListPolicy, n: str, num: int) -> list[Lis
     for d in range(have + 1, num + 1):
         wider = fastest_with(root, n, d)
         if wider is not None:
-            return [ListPolicy({**best.plans, n: wider}, best.order)]
+            return [replace(best, plans={**best.plans, n: wider})]
     return []
 
 
@@ -176,7 +219,7 @@ def _plan_moves(root: Timeline, best: ListPolicy, n: str, num: int) -> list[List
     for d in sorted(range(1, num + 1), key=lambda d: (d < have, abs(d - have))):
         plan = fastest_with(root, n, d) if d != have else None
         if plan is not None:
-            moves.append(ListPolicy({**best.plans, n: plan}, best.order))
+            moves.append(replace(best, plans={**best.plans, n: plan}))
     return moves
 
 
@@ -188,7 +231,7 @@ def _order_moves(best: ListPolicy, n: str, count: int) -> list[ListPolicy]:
     for j in targets:
         order = list(best.order)
         order.insert(j, order.pop(i))
-        moves.append(ListPolicy(best.plans, tuple(order)))
+        moves.append(replace(best, order=tuple(order)))
     return moves
 
 
@@ -223,7 +266,7 @@ def _group_moves(root: Timeline, best: ListPolicy, group: list[str], num: int) -
         plans = {n: fastest_with(root, n, d) for n in group}
         if any(p is None for p in plans.values()):
             continue
-        moved = ListPolicy({**best.plans, **plans}, best.order)
+        moved = replace(best, plans={**best.plans, **plans})
         if moved.plans != best.plans:
             moves.append(moved)
         for n in below:

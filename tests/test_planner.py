@@ -258,3 +258,18 @@ def test_engine_groups_need_a_dependency():
 
     c = _SharedEngines({"s_0": ToyNode(4), "s_1": ToyNode(4), "x": ToyNode(2, deps=("s_0",))}, pairs(2))
     assert _engine_groups(Timeline.start(c, 0), ["s_0", "s_1", "x"]) == []
+
+
+def test_list_policy_relaunches_the_last_member_onto_idle_devices():
+    from samullm.baselines import run_policy
+    from samullm.list_scheduling import ListPolicy
+
+    # a (8 requests) and b (2) on one device each; j waits for both. b ends at 2 with a 2 of 8
+    # done: a relaunched on both devices runs its 6 left at speed 2 (ends at 5), j on DP2 takes
+    # 1 more: 6. Kept where it is, a ends at 8 while b's device idles: 9.
+    c = ToyCoster({"a": ToyNode(8), "b": ToyNode(2), "j": ToyNode(2, deps=("a", "b"))}, pairs(2))
+    plans = {n: ExecPlan(1, 1) for n in ("a", "b", "j")}
+    for restart, expected in ((True, 6.0), (False, 9.0)):
+        tl = Timeline.start(c, 0)
+        run_policy(tl, ListPolicy(plans, ("a", "b", "j"), restart_tail=restart))
+        assert tl.time == pytest.approx(expected)
