@@ -143,6 +143,28 @@ def _restart_tail(tl: Timeline, choice: dict[str, Choice]) -> dict[str, Choice]:
     return choice
 
 
+@dataclass
+class _Best:
+    """The local search's incumbent."""
+
+    policy: ListPolicy
+    makespan: float
+    stages: list[PlannedStage]
+
+    def consider(self, start: Callable[[], Timeline], cands: list[ListPolicy]) -> bool:
+        """Take each candidate that finishes sooner than the incumbent; True if any did."""
+        gained = False
+        for cand in cands:
+            try:
+                t, stages = _evaluate(start, cand)
+            except (UserInputError, InvalidStage):
+                continue
+            if t < self.makespan - 1e-9:
+                self.policy, self.makespan, self.stages = cand, t, stages
+                gained = True
+        return gained
+
+
 def _evaluate(start: Callable[[], Timeline], policy: ListPolicy) -> tuple[float, list[PlannedStage]]:
     tl = start()
     stages = run_policy(tl, policy)
@@ -173,32 +195,19 @@ def improve(start: Callable[[], Timeline], max_rounds: int = 4) -> tuple[float, 
         return None
     num = root.coster.topology.num_devices
     groups = _engine_groups(root, names)
-    state = [best, best_time, best_stages]
-
-    def consider(cands: list[ListPolicy]) -> bool:
-        gained = False
-        for cand in cands:
-            try:
-                t, stages = _evaluate(start, cand)
-            except (UserInputError, InvalidStage):
-                continue
-            if t < state[1] - 1e-9:
-                state[:] = [cand, t, stages]
-                gained = True
-        return gained
-
+    found = _Best(best, best_time, best_stages)
     for _ in range(max_rounds):
         improved = False
         for n in names:
-            improved |= consider(_widen_moves(root, state[0], n, num) + _order_moves(state[0], n, len(names)))
+            improved |= found.consider(start, _widen_moves(root, found.policy, n, num)
+                                       + _order_moves(found.policy, n, len(names)))
         # Relaunching the last member onto idle devices at the end (or not).
-        improved |= consider([replace(state[0], restart_tail=not state[0].restart_tail)])
+        improved |= found.consider(start, [replace(found.policy, restart_tail=not found.policy.restart_tail)])
         for group in groups:
-            improved |= consider(_group_moves(root, state[0], group, num))
+            improved |= found.consider(start, _group_moves(root, found.policy, group, num))
         if not improved:
             break
-    best, best_time, best_stages = state
-    return best_time, best_stages, best
+    return found.makespan, found.stages, found.policy
 
 
 def _widen_moves(root: Timeline, best: ListPolicy, n: str, num: int) -> list[ListPolicy]:
