@@ -6,14 +6,16 @@ the start and the short ones share devices one after another, each loading once.
 looks for that directly: every node gets a fixed plan and a priority; a list scheduler starts
 runnable nodes in priority order as soon as their plan's devices are free (never moving a
 running node, so no work is lost and every node loads once); a local search then widens the
-plan of one node at a time or moves it earlier in the order, keeping any change that finishes
-sooner on the cost model.
+plan of one node at a time, moves it earlier in the order, or puts a chain of nodes of one
+engine on one device count together (with the plan of the node consuming it), or lets the
+policy relaunch the member finishing last onto devices left idle at the end, keeping any
+change that finishes sooner on the cost model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from samullm.baselines import run_policy
 from samullm.errors import UserInputError
@@ -42,6 +44,7 @@ class ListPolicy:
 
     plans: dict[str, ExecPlan]
     order: tuple[str, ...]
+    restart_tail: bool = False  # see _restart_tail
 
     def __call__(self, tl: Timeline) -> dict[str, Choice]:
         choice: dict[str, Choice] = {n: Keep() for n in tl.running()}
@@ -77,6 +80,8 @@ class ListPolicy:
             raise UserInputError("no runnable node fits on the free devices")
         launches = self._widen(tl, launches, busy, runnable)
         choice.update({n: Launch(p) for n, p in launches.items()})
+        if self.restart_tail and not [n for n in runnable if n not in choice]:
+            choice = _restart_tail(tl, choice)
         return choice
 
     def _widen(self, tl: Timeline, launches: dict[str, ExecPlan], busy: set[int], runnable: set[str]):
@@ -101,6 +106,63 @@ class ListPolicy:
             if place(tl.coster.topology, list(trial.items()), busy=busy) is None:
                 return launches
             launches = trial
+
+
+def _end(tl: Timeline, name: str, choice: Choice) -> float:
+    if isinstance(choice, Keep):
+        return tl.nodes[name].run.end
+    return tl.time + _run_time(tl, name, choice.plan)
+
+
+def _restart_tail(tl: Timeline, choice: dict[str, Choice]) -> dict[str, Choice]:
+    """Devices idle with nothing waiting for them: while the member that finishes last is a
+    running node and relaunching it on a plan using the idle devices too finishes it sooner
+    (its load and lost in-flight work included), relaunch it. Without this the tail of an
+    ensemble runs on one device while the others wait for the judge."""
+    num = tl.coster.topology.num_devices
+    used = {n: (tl.nodes[n].run.plan if isinstance(c, Keep) else c.plan).num_devices for n, c in choice.items()}
+    for _ in range(num):
+        free = num - sum(used.values())
+        if free <= 0 or not choice:
+            return choice
+        ends = {n: _end(tl, n, c) for n, c in choice.items()}
+        last = max(ends, key=lambda n: (ends[n], n))
+        if not isinstance(choice[last], Keep):
+            return choice
+        have = used[last]
+        plans = [p for p in tl.coster.plans(last) if have < p.num_devices <= have + free]
+        best = min(plans, key=lambda p: _end(tl, last, Launch(p)), default=None)
+        if best is None or _end(tl, last, Launch(best)) >= ends[last] - 1e-9:
+            return choice
+        trial = {**choice, last: Launch(best)}
+        keep = [n for n, c in trial.items() if isinstance(c, Keep)]
+        launches = [(n, c.plan) for n, c in trial.items() if isinstance(c, Launch)]
+        if place(tl.coster.topology, launches, busy=tl.busy_devices(keep)) is None:
+            return choice
+        choice, used = trial, {**used, last: best.num_devices}
+    return choice
+
+
+@dataclass
+class _Best:
+    """The local search's incumbent."""
+
+    policy: ListPolicy
+    makespan: float
+    stages: list[PlannedStage]
+
+    def consider(self, start: Callable[[], Timeline], cands: list[ListPolicy]) -> bool:
+        """Take each candidate that finishes sooner than the incumbent; True if any did."""
+        gained = False
+        for cand in cands:
+            try:
+                t, stages = _evaluate(start, cand)
+            except (UserInputError, InvalidStage):
+                continue
+            if t < self.makespan - 1e-9:
+                self.policy, self.makespan, self.stages = cand, t, stages
+                gained = True
+        return gained
 
 
 def _evaluate(start: Callable[[], Timeline], policy: ListPolicy) -> tuple[float, list[PlannedStage]]:
@@ -132,30 +194,90 @@ def improve(start: Callable[[], Timeline], max_rounds: int = 4) -> tuple[float, 
     except (UserInputError, InvalidStage):
         return None
     num = root.coster.topology.num_devices
+    groups = _engine_groups(root, names)
+    found = _Best(best, best_time, best_stages)
     for _ in range(max_rounds):
         improved = False
         for n in names:
-            moves = []
-            have = best.plans[n].num_devices
-            for d in range(have + 1, num + 1):
-                wider = fastest_with(root, n, d)
-                if wider is not None:
-                    moves.append(ListPolicy({**best.plans, n: wider}, best.order))
-                    break
-            i = best.order.index(n)
-            # Move the node earlier: every position for small applications, one step otherwise.
-            targets = range(i) if len(names) <= SMALL else [i - 1] if i > 0 else []
-            for j in targets:
-                order = list(best.order)
-                order.insert(j, order.pop(i))
-                moves.append(ListPolicy(best.plans, tuple(order)))
-            for cand in moves:
-                try:
-                    t, stages = _evaluate(start, cand)
-                except (UserInputError, InvalidStage):
-                    continue
-                if t < best_time - 1e-9:
-                    best, best_time, best_stages, improved = cand, t, stages, True
+            improved |= found.consider(start, _widen_moves(root, found.policy, n, num)
+                                       + _order_moves(found.policy, n, len(names)))
+        # Relaunching the last member onto idle devices at the end (or not).
+        improved |= found.consider(start, [replace(found.policy, restart_tail=not found.policy.restart_tail)])
+        for group in groups:
+            improved |= found.consider(start, _group_moves(root, found.policy, group, num))
         if not improved:
             break
-    return best_time, best_stages, best
+    return found.makespan, found.stages, found.policy
+
+
+def _widen_moves(root: Timeline, best: ListPolicy, n: str, num: int) -> list[ListPolicy]:
+    """`n` one step wider (the next device count with a plan)."""
+    have = best.plans[n].num_devices
+    for d in range(have + 1, num + 1):
+        wider = fastest_with(root, n, d)
+        if wider is not None:
+            return [replace(best, plans={**best.plans, n: wider})]
+    return []
+
+
+def _plan_moves(root: Timeline, best: ListPolicy, n: str, num: int) -> list[ListPolicy]:
+    """`n` on the fastest plan of every other device count: one step wider alone rarely pays
+    when the right count is far (a 70B evaluator from TP2 to TP4 beside a chain)."""
+    have = best.plans[n].num_devices
+    moves = []
+    for d in sorted(range(1, num + 1), key=lambda d: (d < have, abs(d - have))):
+        plan = fastest_with(root, n, d) if d != have else None
+        if plan is not None:
+            moves.append(replace(best, plans={**best.plans, n: plan}))
+    return moves
+
+
+def _order_moves(best: ListPolicy, n: str, count: int) -> list[ListPolicy]:
+    """Move `n` earlier: every position for small applications, one step otherwise."""
+    i = best.order.index(n)
+    targets = range(i) if count <= SMALL else [i - 1] if i > 0 else []
+    moves = []
+    for j in targets:
+        order = list(best.order)
+        order.insert(j, order.pop(i))
+        moves.append(replace(best, order=tuple(order)))
+    return moves
+
+
+def _engine_groups(root: Timeline, names: list[str]) -> list[list[str]]:
+    """Chains of nodes of one engine (the steps of a summariser): on one plan each takes the
+    previous one's warm engine, a change no single-node move finds when each step alone gains
+    nothing. Nodes of one engine linked by a dependency form a group."""
+    coster = root.coster
+    parent = {n: n for n in names}
+
+    def find(n: str) -> str:
+        while parent[n] != n:
+            n = parent[n]
+        return n
+
+    for n in names:
+        for u in coster.upstream(n):
+            if u in parent and coster.engine_key(u) == coster.engine_key(n):
+                parent[find(u)] = find(n)
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(find(n), []).append(n)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _group_moves(root: Timeline, best: ListPolicy, group: list[str], num: int) -> list[ListPolicy]:
+    """The group on one device count, alone and with each plan move of a node right below it
+    (a chain narrowed to leave room for its consumer wants that consumer wider, and so on)."""
+    below = [n for n in best.plans if n not in group and any(u in group for u in root.coster.upstream(n))]
+    moves = []
+    for d in range(1, num + 1):
+        plans = {n: fastest_with(root, n, d) for n in group}
+        if any(p is None for p in plans.values()):
+            continue
+        moved = replace(best, plans={**best.plans, **plans})
+        if moved.plans != best.plans:
+            moves.append(moved)
+        for n in below:
+            moves += _plan_moves(root, moved, n, num)
+    return moves

@@ -228,3 +228,48 @@ def test_paused_node_resumes_with_finished_requests_kept():
     assert rec.end == 5.0
     rec = tl.apply({"a": TP1})
     assert rec.members["a"].action == "resume" and rec.end == 7.0  # only its 2 unfinished requests
+
+
+class _SharedEngines(ToyCoster):
+    """Toy costs where nodes named alike before "_" share one engine (a chain of summaries)."""
+
+    def engine_key(self, node):
+        return node.split("_")[0]
+
+
+def test_list_search_moves_a_same_engine_chain_together():
+    from samullm.list_scheduling import _engine_groups, improve
+
+    # s_0 -> s_1 share an engine (load 3); x is independent. All on TP1: s_0 on one device
+    # (3 + 4), s_1 warm after it (+ 4), x beside them: 11. Widening s_0 or s_1 alone loses the
+    # warm engine or a device for x (12 or worse); both on DP2: s_0 ends at 3 + 2, s_1 takes
+    # its warm engine (+ 2), then x on both devices (+ 3): 10.
+    c = _SharedEngines({"s_0": ToyNode(4, load=3.0), "s_1": ToyNode(4, load=3.0, deps=("s_0",)),
+                        "x": ToyNode(6)}, pairs(2), alpha=0.8)
+    start = lambda: Timeline.start(c, 0)  # noqa: E731
+    assert _engine_groups(start(), ["s_0", "s_1", "x"]) == [["s_0", "s_1"]]
+    value, _, policy = improve(start)
+    assert value == pytest.approx(10.0)
+    assert policy.plans["s_0"] == policy.plans["s_1"] == ExecPlan(1, 2)
+
+
+def test_engine_groups_need_a_dependency():
+    from samullm.list_scheduling import _engine_groups
+
+    c = _SharedEngines({"s_0": ToyNode(4), "s_1": ToyNode(4), "x": ToyNode(2, deps=("s_0",))}, pairs(2))
+    assert _engine_groups(Timeline.start(c, 0), ["s_0", "s_1", "x"]) == []
+
+
+def test_list_policy_relaunches_the_last_member_onto_idle_devices():
+    from samullm.baselines import run_policy
+    from samullm.list_scheduling import ListPolicy
+
+    # a (8 requests) and b (2) on one device each; j waits for both. b ends at 2 with a 2 of 8
+    # done: a relaunched on both devices runs its 6 left at speed 2 (ends at 5), j on DP2 takes
+    # 1 more: 6. Kept where it is, a ends at 8 while b's device idles: 9.
+    c = ToyCoster({"a": ToyNode(8), "b": ToyNode(2), "j": ToyNode(2, deps=("a", "b"))}, pairs(2))
+    plans = {n: ExecPlan(1, 1) for n in ("a", "b", "j")}
+    for restart, expected in ((True, 6.0), (False, 9.0)):
+        tl = Timeline.start(c, 0)
+        run_policy(tl, ListPolicy(plans, ("a", "b", "j"), restart_tail=restart))
+        assert tl.time == pytest.approx(expected)
