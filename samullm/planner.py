@@ -48,12 +48,16 @@ from samullm.timeline import Choice, InvalidStage, Keep, Launch, Timeline, Warm
 class PlannerOptions:
     """lookahead: best-throughput stages tried per step; estimate_samples: K samples of the
     reported estimate (0: report the search sample's timing, for quick re-plans); portfolio:
-    seed the search with the baselines' schedules; move_margin: see the module docstring."""
+    seed the search with the baselines' schedules; move_margin: see the module docstring;
+    trust_margin: a searched schedule replaces the best baseline's only when predicted faster by
+    more than this fraction (the search costs one sample of output lengths: smaller gains are
+    mostly that sample's luck, e.g. which DP replica drew the long outputs)."""
 
     lookahead: int = 3
     estimate_samples: int = 4
     portfolio: bool = True
     move_margin: float = 0.02
+    trust_margin: float = 0.01
     seed: int = 0
     reuse_engines: bool = True  # see build_coster
 
@@ -226,6 +230,7 @@ def search(
     root_policies = dict(policies)
     if options.portfolio:
         root_policies.update(BASELINES)
+    baseline: Incumbent | None = None  # the best baseline's schedule from the start
     listed = improve(start)
     if listed is not None:
         value, stages, list_policy = listed
@@ -241,6 +246,8 @@ def search(
             value, stages = _roll(trial, policy)
         except (UserInputError, InvalidStage):
             continue
+        if name in BASELINES and (baseline is None or value < baseline.makespan):
+            baseline = Incumbent(stages, value, name)
         if value < incumbent.makespan:
             incumbent = Incumbent(stages, value, name)
     tl = root
@@ -283,6 +290,8 @@ def search(
         record = tl.apply(nxt_choice)
         done.append((nxt_choice, _finishers(record)))
         step += 1
+    if baseline is not None and tl.time >= baseline.makespan * (1.0 - options.trust_margin):
+        return SearchResult(baseline.stages, baseline.makespan, f"samullm({baseline.found_by})")
     method = "samullm" if incumbent.found_by in ("samullm", "throughput", "list", *ROLLOUTS) else f"samullm({incumbent.found_by})"
     return SearchResult(done, tl.time, method)
 

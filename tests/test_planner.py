@@ -273,3 +273,25 @@ def test_list_policy_relaunches_the_last_member_onto_idle_devices():
         tl = Timeline.start(c, 0)
         run_policy(tl, ListPolicy(plans, ("a", "b", "j"), restart_tail=restart))
         assert tl.time == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_small_search_gains_keep_the_best_baseline(seed):
+    """A searched schedule replaces the best baseline's only when faster by more than
+    trust_margin: with a huge margin the best baseline's schedule is returned as it is; with
+    none, the search's (never slower)."""
+    c = _random_instance(random.Random(200 + seed))
+    times = {}
+    for name, policy in BASELINES.items():
+        tl = Timeline.start(c, 0)
+        run_policy(tl, policy)
+        times[name] = tl.time
+    best = min(times.values())
+    trusting = search(lambda: Timeline.start(c, 0), PlannerOptions(trust_margin=1.0))
+    assert trusting.makespan == pytest.approx(best) and trusting.method.startswith("samullm(")
+    assert times[trusting.method[8:-1]] == pytest.approx(best)
+    strict = search(lambda: Timeline.start(c, 0), PlannerOptions(trust_margin=0.0))
+    assert strict.makespan <= best + 1e-9
+    default = search(lambda: Timeline.start(c, 0), PlannerOptions())
+    assert default.makespan <= best + 1e-9
+    assert default.makespan < best * 0.99 or default.method.startswith("samullm(")

@@ -6,7 +6,12 @@ samullm/paper_workloads.py. Truth per workload: every request's output length dr
 (interpolated; models or TP degrees without a profile: the nearest profile scaled by the cost
 model's ratio, see samullm/executor.py), engine loads from costmodel.startup. SamuLLM plans with
 its own cost model (fitted latency, sampled lengths) and re-plans from the truth's state after
-every node finishes, as the runtime does; each baseline follows its own rule at the same events.
+every node finishes, as the runtime does; each baseline is run the same way (its rule deciding
+on the planner's cost model, `samullm run --method NAME`), executed in the truth, re-planned at
+the same events.
+Engine loads: every node start pays its load, as the runtime does (a worker per node); with
+`--engine-reuse`, a node may take over the warm engine a finished node of the same model and
+engine options left on the same devices (every method; the runtime cannot do that yet).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ QUICK = {  # small versions for a fast check (tests use these)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workloads", help="comma-separated workload names (default: all)")
     parser.add_argument("--quick", action="store_true", help="three small workloads (a quick check)")
+    parser.add_argument("--engine-reuse", action="store_true",
+                        help="let a node take over the warm engine a finished node of the same model left "
+                             "(for every method; the runtime does not do this yet: off by default)")
     parser.add_argument("--profiles", help="measured latency rows (default: the shared data's a100_iteration_latency)")
     parser.add_argument("--truth-seed", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="the planner's sampling seed")
@@ -67,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
     from samullm.costing import build_coster
     from samullm.datasets import resolve, shared_data_dir
     from samullm.errors import UserInputError
-    from samullm.executor import execute_policy, execute_samullm, truth_latency_factory
+    from samullm.executor import execute_samullm, truth_latency_factory
     from samullm.planner import PlannerOptions, plan
     from samullm.timeline import Timeline
 
@@ -94,30 +102,35 @@ def run(args: argparse.Namespace) -> dict:
     for wname, build in chosen.items():
         app = pw.build(build())
         resolved = resolve(app)
+        reuse = args.engine_reuse
         truth = build_coster(app, node, seed=args.truth_seed, resolved=resolved,
-                             latency_for=truth_latency, load_for=load_seconds)
-        probe = build_coster(app, node, seed=args.truth_seed, resolved=resolved)  # planner's model, truth's requests
+                             latency_for=truth_latency, load_for=load_seconds, reuse_engines=reuse)
+        probe = build_coster(app, node, seed=args.truth_seed, resolved=resolved, reuse_engines=reuse)  # planner's model, truth's requests
         # Planning time as CPU seconds of this process (one core): wall time on a shared
         # machine also counts other processes' turns.
         t0, w0 = time.process_time(), time.perf_counter()
         initial = plan(app, node, options=PlannerOptions(seed=args.seed),
-                       coster=build_coster(app, node, seed=args.seed, resolved=resolved))
+                       coster=build_coster(app, node, seed=args.seed, resolved=resolved, reuse_engines=reuse))
         planning[wname] = time.process_time() - t0
         planning_wall = time.perf_counter() - w0
 
         quick_options = PlannerOptions(seed=args.seed, estimate_samples=0)
 
-        def replan(state, app=app, resolved=resolved):
-            coster = build_coster(app, node, state, seed=args.seed, resolved=resolved)
-            return plan(app, node, state, options=quick_options, coster=coster)
+        def replan(state, method="samullm", app=app, resolved=resolved, reuse=reuse):
+            coster = build_coster(app, node, state, seed=args.seed, resolved=resolved, reuse_engines=reuse)
+            return plan(app, node, state, options=quick_options, coster=coster, method=method)
 
         bounds[wname] = makespan_lower_bound(Timeline.start(truth, 0)).seconds
         row: dict[str, float] = {}
         out = execute_samullm(truth, replan, probe)
         row["samullm"] = out.makespan
         replanning[wname] = float(np.mean(out.planning_seconds))
-        for name, policy in BASELINES.items():
-            row[name] = execute_policy(truth, policy).makespan
+        # Baselines as the runtime runs them (`samullm run --method NAME`): their policy decides
+        # with the planner's cost model, is executed in the truth, and re-plans after each stage
+        # from what happened, as SamuLLM does. (Run on the truth's own costs, a policy would pick
+        # its plans with knowledge no planner has.)
+        for name in BASELINES:
+            row[name] = execute_samullm(truth, lambda state, name=name: replan(state, name), probe).makespan
         makespans[wname] = row
         console.print(
             f"{wname}: predicted {initial.makespan:.0f} s, truth {row['samullm']:.0f} s "
