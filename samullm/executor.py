@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from samullm.baselines import Policy, run_policy
 from samullm.costing import SimulationCoster
 from samullm.plans import ExecPlan
 from samullm.state import ObservedLengths, ObservedStats, PlannerState, RunningNode, WarmEngine
@@ -32,12 +31,6 @@ class Execution:
     makespan: float
     stages: int
     planning_seconds: list[float] = field(default_factory=list)
-
-
-def execute_policy(truth: SimulationCoster, policy: Policy) -> Execution:
-    tl = Timeline.start(truth, 0)
-    stages = run_policy(tl, policy)
-    return Execution(tl.time, len(stages))
 
 
 def observed_state(tl: Timeline, truth: SimulationCoster, probe: SimulationCoster | None = None) -> PlannerState:
