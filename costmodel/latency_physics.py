@@ -24,9 +24,12 @@ of four warps per query head and sequence, or per 512-token partition of a seque
     adjacent in the grid and run together, so the first reads the KV head from DRAM and the
     other g - 1 find it in L2: time = DRAM bytes x kv + (query-head bytes - DRAM bytes) x
     kv_l2, where kv and kv_l2 are learned per-byte efficiencies that depend on the parallelism
-    the grid offers, blocks = sequences x query heads per device. (The per-query-head cost
-    thus falls from kv towards kv_l2 as g grows: the kernel is latency bound, and an L2 hit
-    is cheaper than a DRAM read.)
+    each side sees. The L2 side serves every thread block, blocks = sequences x query heads
+    per device; the DRAM side serves one fetch per KV head and sequence, streams = sequences
+    x KV heads per device, so a grouped-query model reaches DRAM with g times fewer streams
+    than its grid has blocks (for multi-head attention the two counts are equal). (The
+    per-query-head cost thus falls from kv towards kv_l2 as g grows: the kernel is latency
+    bound, and an L2 hit is cheaper than a DRAM read.)
   The longest sequence. A block walks its sequence's tokens in a chain, so the longest sequence
     adds its excess over the mean at a per-block rate that does not depend on how many heads
     there are (checked on the A100 data: 25-35 ns per token and layer at 8 to 40 heads per
@@ -207,6 +210,11 @@ class EnginePhysics:
     def blocks(self, decode_seqs) -> np.ndarray:
         """Thread blocks per partition of the paged-attention grid: sequences x query heads."""
         return np.asarray(decode_seqs, dtype=float) * self.heads
+
+    def kv_streams(self, decode_seqs) -> np.ndarray:
+        """Distinct KV streams the grid fetches from DRAM: sequences x KV heads per device (the
+        query heads sharing a KV head share its fetch)."""
+        return np.asarray(decode_seqs, dtype=float) * self.kv_heads
 
     @property
     def block_time(self) -> float:
