@@ -11,6 +11,7 @@ The terms of the additive form (costmodel/latency.py) are built as
   GPU(n) = kernel x kernels + allreduce[phase, tp] x all-reduces
          + T_weights(n) x h_phase(n_eq) + comm[phase, tp] x T_allreduce_bytes(n)
   s_p    = per_seq + width_per_seq x T_width                       per prompt
+  s_d    = per_seq + width_per_seq x T_width x (1/g + (1 - 1/g) x L2_TO_DRAM)   per decode seq
   A_p    = attention x T_pair                                      prefill attention, per pair
   A_d(S) = T_kv x kv(K) + (T_kv_query - T_kv) x kv_l2(P)           decode attention, per token
   B(S)   = T_block x straggler(P)  (straggler_split(P) for the split kernel)
@@ -55,7 +56,7 @@ from costmodel.errors import UserInputError
 from costmodel.hardware import DeviceSpec
 from costmodel.latency import AdditiveLatencyModel
 from costmodel.latency_fit import split_kernel_mask, straggler_excess
-from costmodel.latency_physics import GRAPH_MAX_SEQS, EnginePhysics
+from costmodel.latency_physics import GRAPH_MAX_SEQS, L2_TO_DRAM, EnginePhysics
 from costmodel.models import ModelSpec
 from costmodel.profiles import ProfileRows
 from costmodel.spline_ls import (Block, SplineDesign, break_at, grid_knots, isotonic_increasing,
@@ -74,7 +75,7 @@ HOST_OP_PRIOR = 30e-6
 _RIDGE_TOKENS = 150.0
 # Without grouped-query profiles, a re-read of a KV head from L2 is priced at this share of a
 # DRAM read (the A100's L2 delivers about 2.5 times its DRAM bandwidth).
-L2_TO_DRAM_PRIOR = 0.4
+L2_TO_DRAM_PRIOR = L2_TO_DRAM
 # The alternation stops when fewer than this share of eager rows change side; a row moves only
 # when the other side exceeds its own by this relative margin.
 _HYSTERESIS = 0.05
@@ -200,7 +201,7 @@ def _row_features(sampled, device: DeviceSpec) -> dict[str, np.ndarray]:
         put("allreduces", np.full(size, phys.allreduces))
         put("host_ops", np.full(size, phys.host_ops))
         put("seqs_p", rows.prefill_seqs)
-        put("width", np.full(size, phys.width_time))
+        put("width", np.where(pre, phys.width_time, phys.decode_width_time))
         put("pairs", rows.prefill_attention * phys.pair_time)
         put("dseqs", rows.decode_seqs)
         put("blocks", phys.blocks(rows.decode_seqs))
@@ -491,7 +492,8 @@ def _physics_model(spec: ModelSpec, tp: int, device: DeviceSpec,
         weights = factors.curves.get(f"{group}.weights")
         if weights is None:
             continue
-        per_seq[phase] = s.get("per_seq", 0.0) + s.get("width_per_seq", 0.0) * phys.width_time
+        width = phys.width_time if phase == "prefill" else phys.decode_width_time
+        per_seq[phase] = s.get("per_seq", 0.0) + s.get("width_per_seq", 0.0) * width
         kernel = factors.scalars.get("gpu_moe" if moe else "gpu", {}).get("kernel", 0.0)
         gpu = (kernel * phys.gpu_kernels
                + factors.tp_value(phase, "allreduce", tp) * phys.allreduces

@@ -431,6 +431,28 @@ def test_decode_attention_reads_dram_over_kv_streams_and_l2_over_blocks():
     assert mha.decode_attention(2) == pytest.approx(query * 1.0)
 
 
+def test_grouped_query_decode_width_prices_rereads_from_l2():
+    bw = A100.memory_bandwidth
+    width = 32 * 32 * 128 * 2 / bw  # layers x query heads x head size, fp16
+    mha = EnginePhysics(load_model_spec("Llama-2-7b-hf"), 1, A100, A100)
+    assert mha.decode_width_time == pytest.approx(mha.width_time) == pytest.approx(width)
+    # Mistral-7B: 4 query heads per KV head; one reads from DRAM, three hit L2 at 0.4
+    gqa = EnginePhysics(load_model_spec("Mistral-7B-Instruct-v0.2"), 1, A100, A100)
+    assert gqa.width_time == pytest.approx(width)
+    assert gqa.decode_width_time == pytest.approx(width * (0.25 + 0.75 * 0.4))
+    # the predicted per-sequence decode cost uses it; prefill keeps the plain width
+    factors = hand_factors()
+    scalars = {**factors.scalars, "prefill": {**factors.scalars["prefill"], "width_per_seq": 100.0},
+               "decode": {**factors.scalars["decode"], "width_per_seq": 100.0}}
+    factors = dataclasses.replace(factors, scalars=scalars)
+    spec = load_model_spec("Mistral-7B-Instruct-v0.2")
+    model = predict_latency_model(spec, 1, A100, factors)
+    plain = predict_latency_model(spec, 1, A100, hand_factors())
+    assert model.decode_linear(10) - plain.decode_linear(10) == pytest.approx(
+        10 * 100.0 * width * 0.55, rel=1e-6)
+    assert model.prefill_per_seq == pytest.approx(100.0 * width)
+
+
 def test_nonnegative_curves_stay_nonnegative():
     # y = 1 - x on x in [0, 1] with a curve forced to be >= 0 and a free constant: the least
     # squares answer has a negative slope, so the curve pins at zero and the constant fits
