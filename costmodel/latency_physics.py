@@ -24,9 +24,20 @@ of four warps per query head and sequence, or per 512-token partition of a seque
     adjacent in the grid and run together, so the first reads the KV head from DRAM and the
     other g - 1 find it in L2: time = DRAM bytes x kv + (query-head bytes - DRAM bytes) x
     kv_l2, where kv and kv_l2 are learned per-byte efficiencies that depend on the parallelism
-    the grid offers, blocks = sequences x query heads per device. (The per-query-head cost
-    thus falls from kv towards kv_l2 as g grows: the kernel is latency bound, and an L2 hit
-    is cheaper than a DRAM read.)
+    each side sees. The L2 side serves every thread block, blocks = sequences x query heads
+    per device; the DRAM side serves one fetch per KV head and sequence, streams = sequences
+    x KV heads per device, so a grouped-query model reaches DRAM with g times fewer streams
+    than its grid has blocks (for multi-head attention the two counts are equal). (The
+    per-query-head cost thus falls from kv towards kv_l2 as g grows: the kernel is latency
+    bound, and an L2 hit is cheaper than a DRAM read.)
+  Per sequence. Each decode sequence also costs the attention grid a fixed amount of work per
+    query head whatever its context (loading the query, the block table, the first KV block,
+    writing the output), which scales with the query width, layers x query heads x head size
+    (`width_time`). With grouped-query attention the KV reads of that work follow the stream
+    above: one query head of each group reads from DRAM, the other g - 1 hit L2, so the
+    decode width is priced as query width x (1/g + (1 - 1/g) x L2_TO_DRAM), the A100's L2
+    costing about 0.4 of a DRAM read (`decode_width_time`). Prefill runs a flash kernel
+    over contiguous tensors and keeps the plain query width.
   The longest sequence. A block walks its sequence's tokens in a chain, so the longest sequence
     adds its excess over the mean at a per-block rate that does not depend on how many heads
     there are (checked on the A100 data: 25-35 ns per token and layer at 8 to 40 heads per
@@ -59,6 +70,9 @@ PCIE_BANDWIDTH = 25e9
 FLASH_HEAD_STEP = 32
 # Head size the attention factors are learned at (every profiled dense model has it).
 REFERENCE_HEAD_DIM = 128
+# Cost of a KV read that hits L2 relative to one from DRAM (the A100's L2 delivers about 2.5
+# times its DRAM bandwidth): the price of a grouped-query re-read when nothing better is known.
+L2_TO_DRAM = 0.4
 
 # GPU kernels one decoder layer launches in the A100 data's engine (vLLM 0.2/0.3 model code),
 # all-reduces not counted; attention counts two (KV-cache write and the attention kernel).
@@ -177,6 +191,13 @@ class EnginePhysics:
         return (spec.num_layers * self.heads * spec.head_dim * spec.dtype_bytes
                 / self.device.memory_bandwidth)
 
+    @property
+    def decode_width_time(self) -> float:
+        """`width_time` in decode, where the g - 1 re-readers of each grouped-query KV head
+        find it in L2: query width x (1/g + (1 - 1/g) x L2_TO_DRAM)."""
+        dram = self.kv_heads / self.heads
+        return self.width_time * (dram + (1.0 - dram) * L2_TO_DRAM)
+
     # ---- attention --------------------------------------------------------------------------
     @property
     def pair_time(self) -> float:
@@ -207,6 +228,11 @@ class EnginePhysics:
     def blocks(self, decode_seqs) -> np.ndarray:
         """Thread blocks per partition of the paged-attention grid: sequences x query heads."""
         return np.asarray(decode_seqs, dtype=float) * self.heads
+
+    def kv_streams(self, decode_seqs) -> np.ndarray:
+        """Distinct KV streams the grid fetches from DRAM: sequences x KV heads per device (the
+        query heads sharing a KV head share its fetch)."""
+        return np.asarray(decode_seqs, dtype=float) * self.kv_heads
 
     @property
     def block_time(self) -> float:

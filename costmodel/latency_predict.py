@@ -11,10 +11,13 @@ The terms of the additive form (costmodel/latency.py) are built as
   GPU(n) = kernel x kernels + allreduce[phase, tp] x all-reduces
          + T_weights(n) x h_phase(n_eq) + comm[phase, tp] x T_allreduce_bytes(n)
   s_p    = per_seq + width_per_seq x T_width                       per prompt
+  s_d    = per_seq + width_per_seq x T_width x (1/g + (1 - 1/g) x L2_TO_DRAM)   per decode seq
   A_p    = attention x T_pair                                      prefill attention, per pair
-  A_d(S) = T_kv x kv(P) + (T_kv_query - T_kv) x kv_l2(P)           decode attention, per token
+  A_d(S) = T_kv x kv(K) + (T_kv_query - T_kv) x kv_l2(P)           decode attention, per token
   B(S)   = T_block x straggler(P)  (straggler_split(P) for the split kernel)
-  with P = S x query heads per device (thread blocks per partition of the attention grid).
+  with P = S x query heads per device (thread blocks per partition of the attention grid) and
+  K = S x KV heads per device (the distinct KV streams the grid fetches from DRAM; K = P
+  without grouped-query attention).
 
 Kernels and host ops per iteration follow from the architecture's kernels per layer; T_* are
 physical seconds (latency_physics.EnginePhysics). h is the weights' roofline factor over
@@ -53,7 +56,7 @@ from costmodel.errors import UserInputError
 from costmodel.hardware import DeviceSpec
 from costmodel.latency import AdditiveLatencyModel
 from costmodel.latency_fit import split_kernel_mask, straggler_excess
-from costmodel.latency_physics import GRAPH_MAX_SEQS, EnginePhysics
+from costmodel.latency_physics import GRAPH_MAX_SEQS, L2_TO_DRAM, EnginePhysics
 from costmodel.models import ModelSpec
 from costmodel.profiles import ProfileRows
 from costmodel.spline_ls import (Block, SplineDesign, break_at, grid_knots, isotonic_increasing,
@@ -72,7 +75,7 @@ HOST_OP_PRIOR = 30e-6
 _RIDGE_TOKENS = 150.0
 # Without grouped-query profiles, a re-read of a KV head from L2 is priced at this share of a
 # DRAM read (the A100's L2 delivers about 2.5 times its DRAM bandwidth).
-L2_TO_DRAM_PRIOR = 0.4
+L2_TO_DRAM_PRIOR = L2_TO_DRAM
 # The alternation stops when fewer than this share of eager rows change side; a row moves only
 # when the other side exceeds its own by this relative margin.
 _HYSTERESIS = 0.05
@@ -198,10 +201,11 @@ def _row_features(sampled, device: DeviceSpec) -> dict[str, np.ndarray]:
         put("allreduces", np.full(size, phys.allreduces))
         put("host_ops", np.full(size, phys.host_ops))
         put("seqs_p", rows.prefill_seqs)
-        put("width", np.full(size, phys.width_time))
+        put("width", np.where(pre, phys.width_time, phys.decode_width_time))
         put("pairs", rows.prefill_attention * phys.pair_time)
         put("dseqs", rows.decode_seqs)
         put("blocks", phys.blocks(rows.decode_seqs))
+        put("streams", phys.kv_streams(rows.decode_seqs))
         put("kv", rows.decode_context * phys.kv_time)
         put("kvq", rows.decode_context * phys.kv_query_time)
         put("block", np.full(size, phys.block_time))
@@ -272,16 +276,17 @@ def _design(f: dict[str, np.ndarray], host_rows: np.ndarray, gpu_mask: np.ndarra
     dec = np.flatnonzero(f["dseqs"] > 0)
     block_knots = log_knots(max(f["blocks"].max(), 2), extra=(_SPLIT_BLOCKS, _SPLIT_BLOCKS + 1))
     split_break = break_at(block_knots, _SPLIT_BLOCKS)
-    # DRAM side on every decode row; the L2 side of grouped-query rows on top (see
-    # latency_physics: each of the g query heads sharing a KV head re-reads it, from L2).
-    sides = [("decode.kv", dec, f["kv"][dec])]
+    # DRAM side on every decode row, over the KV streams; the L2 side of grouped-query rows on
+    # top, over the thread blocks (see latency_physics: each of the g query heads sharing a KV
+    # head re-reads it, from L2).
+    sides = [("decode.kv", dec, f["kv"][dec], f["streams"][dec])]
     gqa = dec[f["gqa"][dec]]
     if len(gqa):
-        sides.append(("decode.kv_l2", gqa, f["kvq"][gqa] - f["kv"][gqa]))
-    for name, rows, multiplier in sides:
+        sides.append(("decode.kv_l2", gqa, f["kvq"][gqa] - f["kv"][gqa], f["blocks"][gqa]))
+    for name, rows, multiplier, parallelism in sides:
         design.add_block(Block(name, block_knots, 0.5, "constant", options.attention_smoothing,
                                True, split_break, options.step_penalty, ridge=1e-3))
-        design.add_term(name, rows, f["blocks"][rows], multiplier)
+        design.add_term(name, rows, parallelism, multiplier)
     for name, mask in (("decode.straggler", ~f["split"]), ("decode.straggler_split", f["split"])):
         design.add_block(Block(name, block_knots, 50.0, "constant", options.attention_smoothing,
                                True, split_break, options.step_penalty))
@@ -487,7 +492,8 @@ def _physics_model(spec: ModelSpec, tp: int, device: DeviceSpec,
         weights = factors.curves.get(f"{group}.weights")
         if weights is None:
             continue
-        per_seq[phase] = s.get("per_seq", 0.0) + s.get("width_per_seq", 0.0) * phys.width_time
+        width = phys.width_time if phase == "prefill" else phys.decode_width_time
+        per_seq[phase] = s.get("per_seq", 0.0) + s.get("width_per_seq", 0.0) * width
         kernel = factors.scalars.get("gpu_moe" if moe else "gpu", {}).get("kernel", 0.0)
         gpu = (kernel * phys.gpu_kernels
                + factors.tp_value(phase, "allreduce", tp) * phys.allreduces
@@ -505,7 +511,7 @@ def _physics_model(spec: ModelSpec, tp: int, device: DeviceSpec,
                              "profiles that have both phases")
     seqs = np.arange(1.0, _MAX_DECODE_SEQS + 1)
     blocks = phys.blocks(seqs)
-    kv = _curve_at(factors.curves["decode.kv"], blocks)
+    kv = _curve_at(factors.curves["decode.kv"], phys.kv_streams(seqs))
     per_token = phys.kv_time * kv
     if phys.heads > phys.kv_heads:
         l2 = factors.curves.get("decode.kv_l2")

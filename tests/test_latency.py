@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -408,6 +409,48 @@ def test_predicted_decode_attention_prices_grouped_query_rereads_from_l2():
     # the longest sequence's chain: one head's K and V per token and layer
     assert gqa.straggler(7) == pytest.approx(32 * 128 * 2 * 2 / bw * 2.0)
     assert gqa.straggler_split(7) == pytest.approx(32 * 128 * 2 * 2 / bw * 0.5)
+
+
+def test_decode_attention_reads_dram_over_kv_streams_and_l2_over_blocks():
+    # DRAM efficiency 2 at 8 streams falling to 1 at 64 (linear between), L2 efficiency 0.5 at
+    # 8 blocks falling to 0.25 at 64: each side is read at its own parallelism
+    factors = hand_factors()
+    curves = {**factors.curves, "decode.kv": Curve((8.0, 64.0), (2.0, 1.0), "constant"),
+              "decode.kv_l2": Curve((8.0, 64.0), (0.5, 0.25), "constant")}
+    factors = dataclasses.replace(factors, curves=curves)
+    bw = A100.memory_bandwidth
+    # Mistral-7B at TP 1, 2 sequences: 2 x 8 = 16 KV streams, 2 x 32 = 64 thread blocks
+    gqa = EnginePhysics(load_model_spec("Mistral-7B-Instruct-v0.2"), 1, A100, A100)
+    assert list(gqa.kv_streams([2])) == [16] and list(gqa.blocks([2])) == [64]
+    model = predict_latency_model(load_model_spec("Mistral-7B-Instruct-v0.2"), 1, A100, factors)
+    dram, query = 2 * 32 * 8 * 128 * 2 / bw, 2 * 32 * 32 * 128 * 2 / bw
+    kv_at_16 = 2.0 - (16 - 8) / (64 - 8)
+    assert model.decode_attention(2) == pytest.approx(dram * kv_at_16 + (query - dram) * 0.25)
+    # multi-head attention: streams and blocks coincide (2 x 32 = 64)
+    mha = predict_latency_model(load_model_spec("Llama-2-7b-hf"), 1, A100, factors)
+    assert mha.decode_attention(2) == pytest.approx(query * 1.0)
+
+
+def test_grouped_query_decode_width_prices_rereads_from_l2():
+    bw = A100.memory_bandwidth
+    width = 32 * 32 * 128 * 2 / bw  # layers x query heads x head size, fp16
+    mha = EnginePhysics(load_model_spec("Llama-2-7b-hf"), 1, A100, A100)
+    assert mha.decode_width_time == pytest.approx(mha.width_time) == pytest.approx(width)
+    # Mistral-7B: 4 query heads per KV head; one reads from DRAM, three hit L2 at 0.4
+    gqa = EnginePhysics(load_model_spec("Mistral-7B-Instruct-v0.2"), 1, A100, A100)
+    assert gqa.width_time == pytest.approx(width)
+    assert gqa.decode_width_time == pytest.approx(width * (0.25 + 0.75 * 0.4))
+    # the predicted per-sequence decode cost uses it; prefill keeps the plain width
+    factors = hand_factors()
+    scalars = {**factors.scalars, "prefill": {**factors.scalars["prefill"], "width_per_seq": 100.0},
+               "decode": {**factors.scalars["decode"], "width_per_seq": 100.0}}
+    factors = dataclasses.replace(factors, scalars=scalars)
+    spec = load_model_spec("Mistral-7B-Instruct-v0.2")
+    model = predict_latency_model(spec, 1, A100, factors)
+    plain = predict_latency_model(spec, 1, A100, hand_factors())
+    assert model.decode_linear(10) - plain.decode_linear(10) == pytest.approx(
+        10 * 100.0 * width * 0.55, rel=1e-6)
+    assert model.prefill_per_seq == pytest.approx(100.0 * width)
 
 
 def test_nonnegative_curves_stay_nonnegative():
