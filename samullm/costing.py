@@ -84,7 +84,8 @@ class SimulationCoster:
     run_times(node, plan, requests, sample): each DP replica simulates its round-robin share of
     `requests` (in order) with the node's sampled output lengths of that sample; results are
     cached by (node, plan, sample, request set). Per-model latency corrections observed by the
-    runtime scale simulated times.
+    runtime scale simulated times; `replica_slowdown(dp)` (observed by the runtime: the slowest
+    replica's run over the replicas' mean) stretches the times of a DP plan.
 
     `max_requests` (the search's shortcut): one replica's round-robin share is simulated (the
     replicas' shares are alike), on an evenly spaced subsample of at most max_requests / dp
@@ -105,6 +106,7 @@ class SimulationCoster:
         max_requests: int | None = None,
         max_tp_factor: int | None = 2,
         reuse_engines: bool = True,
+        replica_slowdown: Callable[[int], float] | None = None,
     ) -> None:
         self.app = app
         self.workloads = workloads
@@ -114,6 +116,7 @@ class SimulationCoster:
         self.max_requests = max_requests
         self.max_tp_factor = max_tp_factor
         self.reuse_engines = reuse_engines
+        self.replica_slowdown = replica_slowdown
         self._order = app.topological_order()
         self._upstream = {n: app.upstream(n) for n in self._order}
         self._cache: dict[tuple, np.ndarray] = {}
@@ -227,13 +230,14 @@ class SimulationCoster:
         times = np.zeros(requests.size)
         if self.max_requests is not None and requests.size > MIN_SUBSAMPLE:
             times = self._subsampled(node, plan, inputs, outputs)
-            self._cache[key] = times
-            return times
-        if plan.dp == 1:
+        elif plan.dp == 1:
             times = self._simulate(node, plan.tp, inputs, outputs)
         else:
             for r in range(plan.dp):
                 times[r::plan.dp] = self._simulate(node, plan.tp, inputs[r::plan.dp], outputs[r::plan.dp])
+        if plan.dp > 1 and self.replica_slowdown is not None:
+            # Replicas simulate alike, but the node ends with its slowest (observed by the runtime).
+            times = times * self.replica_slowdown(plan.dp)
         self._cache[key] = times
         return times
 
@@ -270,6 +274,7 @@ def build_coster(
     lengths_for: Callable[[str], object] | None = None,
     policy: str = "v1",
     reuse_engines: bool = True,
+    replica_slowdown: Callable[[int], float] | None = None,
 ) -> SimulationCoster:
     """A `SimulationCoster` for `app` on `node_spec` (a costmodel NodeSpec), after `state`.
 
@@ -338,4 +343,4 @@ def build_coster(
     )
     scale = dict(state.observed.latency_scale) if state is not None else {}
     return SimulationCoster(app, workloads, topology, models, latency_scale=scale, max_requests=max_requests,
-                            reuse_engines=reuse_engines)
+                            reuse_engines=reuse_engines, replica_slowdown=replica_slowdown)

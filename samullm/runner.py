@@ -737,6 +737,15 @@ class Runner:
         self.store.add_observation(spec.model, "latency", payload, device=self.observations.device,
                                    tp=n.launch.placement.tp, app_run_id=rt.id)
 
+    def _observe_replicas(self, rt: AppRt, n: NodeRt, launch: Launch) -> None:
+        """Run seconds of every replica of a DP launch, when each ran all its rows at one go."""
+        reps = launch.replicas
+        if len(reps) < 2 or any(r.finished is None or r.restarts or not r.rows for r in reps):
+            return
+        self.store.add_observation(rt.app.node(n.name).model, "replica_balance",
+                                   feedback.replica_balance_payload([r.finished.elapsed_s for r in reps]),
+                                   device=self.observations.device, tp=launch.placement.tp, app_run_id=rt.id)
+
     def _end_launch(self, rt: AppRt, n: NodeRt, shutdown: bool = False) -> None:
         launch = n.launch
         n.launch = None
@@ -759,6 +768,7 @@ class Runner:
         elif launch.failure:
             self._fail_node(rt, n, launch.failure)
         elif not missing:
+            self._observe_replicas(rt, n, launch)
             self._succeed(rt, n, results)
         elif launch.stopping:
             self._set_node(rt, n, "preempted")

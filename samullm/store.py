@@ -182,6 +182,9 @@ class ObservedStat(Base):
     kind "load": payload {"seconds": from worker start to engine loaded, "load_s", "import_s"}.
     kind "retokenized": payload {"node", "generated": output tokens, "retokenized": tokens of the
       same texts encoded again} for `model` (what its outputs cost inside a downstream prompt).
+    kind "replica_balance": payload {"dp", "elapsed_s": [per replica]} of a DP node run whose
+      replicas all ran their rows to the end, on `device` (the replicas' speeds differ when the
+      devices do not, e.g. CPU cores shared with other processes).
     """
 
     __tablename__ = "samullm_observed_stat"
@@ -606,12 +609,13 @@ class Store:
             )
 
     def observations(
-        self, model: str, kind: str, device: str | None = None, tp: int | None = None
+        self, model: str | None, kind: str, device: str | None = None, tp: int | None = None
     ) -> list[ObservedStat]:
+        """Observations of `kind` in the order they were made (`model` None: of every model)."""
         with self.session() as s:
-            query = select(ObservedStat).where(
-                ObservedStat.model == model, ObservedStat.kind == kind
-            )
+            query = select(ObservedStat).where(ObservedStat.kind == kind)
+            if model is not None:
+                query = query.where(ObservedStat.model == model)
             if device is not None:
                 query = query.where(ObservedStat.device == device)
             if tp is not None:

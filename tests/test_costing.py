@@ -96,6 +96,18 @@ def test_latency_correction_scales_times():
     assert c.run_times("a", ExecPlan(1, 1), np.arange(8), 0).max() == pytest.approx(1.5 * base)
 
 
+def test_replica_slowdown_stretches_dp_plans_only():
+    slowdown = {2: 1.1, 4: 1.3}
+    c = coster(rows=6, replica_slowdown=lambda dp: slowdown.get(dp, 1.0))
+    assert c.run_times("a", ExecPlan(1, 1), np.arange(6), 0).max() == pytest.approx(0.04)
+    assert np.allclose(c.run_times("a", ExecPlan(1, 2), np.arange(6), 0), 0.044)
+    # the search's subsampled path too
+    big = coster(rows=800, replica_slowdown=lambda dp: slowdown.get(dp, 1.0)).with_max_requests(400)
+    plain = coster(rows=800).with_max_requests(400)
+    stretched = big.run_times("a", ExecPlan(1, 2), np.arange(800), 0)
+    assert np.allclose(stretched, 1.1 * plain.run_times("a", ExecPlan(1, 2), np.arange(800), 0))
+
+
 def test_engine_reuse_can_be_switched_off():
     data = {
         "dataset": {"rows": [{"q": "x"}]},

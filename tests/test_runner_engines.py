@@ -193,3 +193,24 @@ def test_two_runs_at_once_share_the_devices_without_double_booking(tmp_path, tin
         assert overlaps  # one engine per device (pinned TP1): the union plan runs both at once
         reasons = [p.reason for p in runner.store.plans("one")]
         assert reasons[:2] == ["initial plan", "run two joined"]
+
+
+def test_a_dp_node_records_its_replicas_run_seconds_for_the_planner(tmp_path, tiny_s):
+    """The node ends with its slowest replica: the runner stores every replica's run seconds, and
+    the planner's coster stretches DP plans by the slowest over the mean."""
+    from samullm.runtime import feedback
+
+    config = make_config("cpu", home=str(tmp_path / "home"), tick_s=0.1)
+    two_devices(config)
+    app = {"name": "dp", "dataset": {"rows": [{"q": f"row {i}"} for i in range(8)]},
+           "nodes": [{"name": "n", "model": str(tiny_s), "prompt": "{{ q }}", "plan": {"tp": 1, "dp": 2},
+                      "sampling": {"max_tokens": 30, "ignore_eos": True}, "engine": {"max_model_len": 128}}]}
+    with Runner(config) as runner:
+        runner.start()
+        runner.register(RegisterApplication(app_run_id="dp", application=app), submit_all=True)
+        assert runner.wait("dp", timeout=TIMEOUT).state == "success"
+        stats = runner.store.observations(str(tiny_s), "replica_balance")
+        assert len(stats) == 1 and stats[0].payload["dp"] == 2
+        assert all(e > 0 for e in stats[0].payload["elapsed_s"]) and len(stats[0].payload["elapsed_s"]) == 2
+        slowdown = feedback.Observations(runner.store, stats[0].device).replica_slowdowns()[2]
+        assert slowdown == pytest.approx(feedback.slowest_over_mean(stats[0].payload)) and slowdown >= 1.0

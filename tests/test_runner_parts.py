@@ -317,6 +317,23 @@ def test_observed_start_up_is_the_median_of_the_latest(tmp_path):
     store.close()
 
 
+def test_replica_slowdown_is_the_median_slowest_over_mean_per_dp_width(tmp_path):
+    from samullm.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    observations = feedback.Observations(store, "cpu-core")
+    assert observations.replica_slowdowns() == {}
+    for elapsed in ([10.0, 12.0], [10.0, 11.0], [8.0, 8.0]):  # 12/11, 11/10.5, 1
+        store.add_observation("m1", "replica_balance", feedback.replica_balance_payload(elapsed),
+                              device="cpu-core", tp=1)
+    store.add_observation("m2", "replica_balance", feedback.replica_balance_payload([1.0, 1.0, 1.0, 3.0]),
+                          device="cpu-core", tp=1)  # 3 / 1.5 = 2, any model counts
+    store.add_observation("m1", "replica_balance", feedback.replica_balance_payload([1.0, 9.0]),
+                          device="other", tp=1)  # another device does not count
+    assert observations.replica_slowdowns() == pytest.approx({2: 11 / 10.5, 4: 2.0})
+    store.close()
+
+
 def test_runtime_coster_applies_cpu_limits_latency_correction_and_start_up(tmp_path, tiny_s):
     from costmodel.hardware import cpu_node
     from costmodel.latency import latency_model_for

@@ -14,6 +14,9 @@ Three kinds of observation are stored (`ObservedStat`), so that later runs use t
   KV blocks): on CPU these differ from the GPU-minded defaults, and the replay must obey them.
 - engine start-up: seconds from the worker's start to its engine loaded, per (model, TP,
   device); the planner's load estimate becomes the median of the latest ones (what a move costs).
+- replica balance: the run seconds of every replica of a DP launch that ran to its end; the
+  slowest over their mean stretches DP plans (the node ends with its slowest replica; on a CPU
+  host the core that also runs the runner and the system was measured 7-20% slower).
 - re-tokenization of a model's outputs: a downstream prompt reads an upstream's output as text,
   which the downstream engine encodes again; that can take more tokens than were generated
   (1.45x for the random-weight test models, about 1x for trained ones). Measured with the
@@ -100,6 +103,21 @@ def latency_payload(iterations: Sequence[IterationRecord], wall_seconds: float) 
         "fields": [*BATCH_FIELDS, "iter_latency_s"],
         "iterations": [[getattr(iterations[i], f) for f in BATCH_FIELDS] + [iterations[i].iter_latency_s] for i in keep],
     }
+
+
+REPLICA_SLOWDOWN_BOUNDS = (1.0, 2.0)
+
+
+def replica_balance_payload(elapsed_s: Sequence[float]) -> dict[str, Any]:
+    """Run seconds of each replica of one DP launch (engine loaded to its last row)."""
+    return {"dp": len(elapsed_s), "elapsed_s": [round(float(e), 4) for e in elapsed_s]}
+
+
+def slowest_over_mean(payload: dict[str, Any]) -> float | None:
+    elapsed = [float(e) for e in payload.get("elapsed_s", [])]
+    if len(elapsed) < 2 or min(elapsed) <= 0:
+        return None
+    return max(elapsed) / float(np.mean(elapsed))
 
 
 def engine_limits_payload(loaded: Loaded, options: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +226,19 @@ class Observations:
             pairs.append((obs.payload["wall_s"], self._predicted[key]))
         return pooled_factor(pairs)
 
+    def replica_slowdowns(self) -> dict[int, float]:
+        """By DP width: how much later than the replicas' mean the slowest replica ends on this
+        device, the median over the latest DP launches of that width, of any model (widths
+        never seen are absent: 1.0). Identical GPUs stay near 1; CPU cores shared with the
+        runner and the system do not."""
+        by_dp: dict[int, list[float]] = {}
+        for obs in self.store.observations(None, "replica_balance", device=self.device):
+            ratio = slowest_over_mean(obs.payload)
+            if ratio is not None:
+                by_dp.setdefault(int(obs.payload["dp"]), []).append(ratio)
+        return {dp: float(np.clip(np.median(r[-LATEST_OBSERVATIONS:]), *REPLICA_SLOWDOWN_BOUNDS))
+                for dp, r in by_dp.items()}
+
     def load_seconds(self, model: str, tp: int) -> float | None:
         """Median start-up of the latest engines of this model and TP on this device."""
         stats = self.store.observations(model, "load", device=self.device, tp=tp)[-LATEST_OBSERVATIONS:]
@@ -262,8 +293,9 @@ def runtime_coster(
         seen = observations.load_seconds(model_of_spec.get(spec.name, spec.name), tp)
         return seen if seen is not None else default_load(spec, tp, dev)
 
+    slowdowns = observations.replica_slowdowns()  # read once per plan
     coster = build_coster(app, node_spec, state, seed=seed, resolved=resolved, latency_for=latency_for,
-                          load_for=load_for, reuse_engines=False)
+                          load_for=load_for, reuse_engines=False, replica_slowdown=lambda dp: slowdowns.get(dp, 1.0))
     if device.kind != "cpu":
         return coster
     for node in app.nodes:
