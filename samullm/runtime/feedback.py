@@ -1,6 +1,6 @@
 """What the runner learns from finished work, and how it reaches the planner.
 
-Three kinds of observation are stored (`ObservedStat`), so that later runs use them too:
+These observations are stored (`ObservedStat`), so that later runs use them too:
 
 - output lengths of a model's rows, with censoring: a row that stopped because it hit a limit
   (finish reason "length": `max_tokens`, or the context) says only "at least this long";
@@ -15,14 +15,14 @@ Three kinds of observation are stored (`ObservedStat`), so that later runs use t
 - engine start-up: seconds from the worker's start to its engine loaded, per (model, TP,
   device); the planner's load estimate becomes the median of the latest ones (what a move costs).
 - replica balance: the run seconds of every replica of a DP launch that ran to its end; the
-  slowest over their mean stretches DP plans (the node ends with its slowest replica; on a CPU
-  host the core that also runs the runner and the system was measured 7-20% slower).
+  slowest over their mean stretches DP plans (the node ends with its slowest replica; on the
+  2-core CPU VM, two replicas of one node on the same rows ran 5-35% apart, median 14%).
 - re-tokenization of a model's outputs: a downstream prompt reads an upstream's output as text,
   which the downstream engine encodes again; that can take more tokens than were generated
   (1.45x for the random-weight test models, about 1x for trained ones). Measured with the
   upstream model's own tokenizer (a downstream model of another family may differ).
 
-`runtime_coster` builds the planner's coster with all three applied.
+`runtime_coster` builds the planner's coster with all of them applied.
 """
 
 from __future__ import annotations
