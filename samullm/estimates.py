@@ -14,7 +14,7 @@ import numpy as np
 
 from samullm.costing import Coster
 from samullm.schedule import NodeSpan, Schedule, Stage, StageNode
-from samullm.timeline import Choice, Keep, StageRecord, Timeline
+from samullm.timeline import Choice, Keep, Preload, StageRecord, Timeline
 
 PlannedStage = tuple[dict[str, Choice], set[str]]  # choice, members planned to finish
 
@@ -29,8 +29,10 @@ def replay(start: Callable[[int], Timeline], stages: list[PlannedStage], sample:
             prog = tl.nodes[name]
             if prog.finished or (isinstance(c, Keep) and prog.run is None):
                 continue
+            if isinstance(c, Preload) and (prog.run is not None or name in tl.runnable()):
+                continue  # its inputs were ready sooner in this sample: it launches as planned later
             live[name] = c
-        if not live:
+        if all(isinstance(c, Preload) for c in live.values()):
             out.append(None)
             continue
         out.append(tl.apply(live, until=finishers & set(live)))

@@ -23,7 +23,7 @@ import numpy as np
 from samullm.costing import SimulationCoster
 from samullm.plans import ExecPlan
 from samullm.state import ObservedLengths, ObservedStats, PlannerState, RunningNode, WarmEngine
-from samullm.timeline import Choice, Keep, Launch, Timeline
+from samullm.timeline import Choice, Keep, Launch, Preload, Timeline
 
 
 @dataclass
@@ -73,7 +73,8 @@ def observed_state(tl: Timeline, truth: SimulationCoster, probe: SimulationCoste
         if app.node(routed).route.router in state.finished:
             observed.routes[routed] = [int(r) for r in sample[routed].rows]
     for reps, w in tl.warm.items():
-        state.warm.append(WarmEngine(node=w.node, tp=w.plan.tp, dp=w.plan.dp, replicas=[list(r) for r in reps]))
+        state.warm.append(WarmEngine(node=w.node, tp=w.plan.tp, dp=w.plan.dp, replicas=[list(r) for r in reps],
+                                     preloaded=w.preload, ready_in=max(0.0, w.ready_at - tl.time)))
     state.observed = observed
     return state
 
@@ -97,6 +98,8 @@ def execute_samullm(
         for sn in stage.nodes:
             if sn.action == "continue":
                 choice[sn.node] = Keep()
+            elif sn.action == "preload":
+                choice[sn.node] = Preload(ExecPlan(sn.tp, sn.dp), tuple(tuple(r) for r in sn.replicas))
             else:
                 choice[sn.node] = Launch(ExecPlan(sn.tp, sn.dp), tuple(tuple(r) for r in sn.replicas))
         tl.apply(choice)

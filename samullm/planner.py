@@ -18,6 +18,13 @@ The search runs on one sample of output lengths with subsampled simulations (see
 `SimulationCoster.max_requests`); the chosen stage sequence is then replayed over K samples
 (`estimates.py`) for the reported estimate and its spread.
 
+Preloading (`PlannerOptions.preload`, off by default: the runtime cannot run it yet): at every
+decision point the search also tries each candidate stage plus loading a waiting node's engines
+(one per replica of its smallest TP) on the devices the stage leaves idle, e.g. a judge's while
+the last answers are produced; a DP launch then starts its preloaded replicas at once and gives
+them more rows (`Timeline._launch_finishes`). A preload is kept only when predicted to gain more
+than `trust_margin`.
+
 Re-planning (`plan(app, node, state)`) starts from what the runtime reports. A running node is
 moved only when that pays: the search runs twice, once free and once keeping every running node
 in the first stage, and the free plan wins only if it is predicted to finish earlier by more
@@ -41,7 +48,7 @@ from samullm.list_scheduling import improve
 from samullm.plans import ExecPlan, check_placement, place
 from samullm.schedule import Schedule
 from samullm.state import PlannerState
-from samullm.timeline import Choice, InvalidStage, Keep, Launch, Timeline, Warm
+from samullm.timeline import Choice, InvalidStage, Keep, Launch, Preload, Timeline, Warm
 
 
 @dataclass(frozen=True)
@@ -51,13 +58,16 @@ class PlannerOptions:
     seed the search with the baselines' schedules; move_margin: see the module docstring;
     trust_margin: a searched schedule replaces the best baseline's only when predicted faster by
     more than this fraction (the search costs one sample of output lengths: smaller gains are
-    mostly that sample's luck, e.g. which DP replica drew the long outputs)."""
+    mostly that sample's luck, e.g. which DP replica drew the long outputs); preload: also try
+    stages that load a waiting node's engines on devices the stage leaves idle (`with_preloads`;
+    the runtime cannot run such plans yet, so only `bench planner --preload` turns it on)."""
 
     lookahead: int = 3
     estimate_samples: int = 4
     portfolio: bool = True
     move_margin: float = 0.02
     trust_margin: float = 0.01
+    preload: bool = False  # try preloading waiting nodes on idle devices (the runtime cannot yet)
     seed: int = 0
     reuse_engines: bool = True  # see build_coster
 
@@ -103,12 +113,10 @@ def throughput_greedy(scales: WorkScale) -> Callable[[Timeline], dict[str, Choic
 def _end_of(tl: Timeline, name: str, choice: Choice) -> float:
     if isinstance(choice, Keep):
         return tl.nodes[name].run.end
+    if not choice.replicas:
+        return tl.estimated_end(name, choice.plan)
     _, rel = tl.launch_times(name, choice.plan, estimate=True)
-    if choice.replicas:
-        load = tl.load_for(name, choice.plan, choice.replicas)
-    else:
-        load = 0.0 if tl.warm_for(name, choice.plan) else tl.coster.load_seconds(name, choice.plan)
-    return tl.time + load + float(rel.max(initial=0.0))
+    return tl.time + tl.load_for(name, choice.plan, choice.replicas) + float(rel.max(initial=0.0))
 
 
 def _devices(tl: Timeline, name: str, choice: Choice) -> int:
@@ -190,6 +198,27 @@ def fill(tl: Timeline, critical_path: bool = False) -> dict[str, Choice]:
     return choice
 
 
+def with_preloads(tl: Timeline, choice: dict[str, Choice]) -> list[dict[str, Choice]]:
+    """Variants of `choice` that also preload a waiting node on the devices it leaves idle:
+    the node whose inputs this stage is producing loads its engines (one per replica of its
+    smallest TP) while they run, and starts computing as soon as they are done."""
+    num = tl.coster.topology.num_devices
+    idle = num - sum(_devices(tl, n, c) for n, c in choice.items()) - len(tl.preload_devices())
+    if idle <= 0:
+        return []
+    out = []
+    for name, prog in tl.nodes.items():
+        ups = tl.coster.upstream(name)
+        if prog.finished or prog.run is not None or not ups or all(tl.nodes[u].finished for u in ups):
+            continue
+        if not all(tl.nodes[u].finished or u in choice for u in ups):
+            continue
+        tp = min(p.tp for p in tl.coster.plans(name))
+        if idle // tp:
+            out.append({**choice, name: Preload(ExecPlan(tp, idle // tp))})
+    return out
+
+
 # Heuristics that finish a schedule from any state (the baselines only seed the search: as
 # rollouts from later states they did not find better schedules on the paper's workloads).
 ROLLOUTS: dict[str, Callable[[Timeline], dict[str, Choice]]] = {
@@ -267,6 +296,10 @@ def search(
                 continue
             if step > 0 or first_ok(ch):
                 cands.setdefault(_key(ch), ch)
+        if options.preload:
+            for ch in list(cands.values()):
+                for variant in with_preloads(tl, ch):
+                    cands.setdefault(_key(variant), variant)
         for choice in cands.values():
             child = tl.copy()
             try:
@@ -282,7 +315,10 @@ def search(
                     value, tail = _roll(trial, policy)
                 except (UserInputError, InvalidStage):
                     continue
-                if value < incumbent.makespan - 1e-9:
+                # A preload is a bet on when its inputs will be ready: taken only when predicted
+                # to gain more than the model's own error (trust_margin), like a searched schedule.
+                margin = options.trust_margin * incumbent.makespan if any(isinstance(c, Preload) for c in choice.values()) else 0.0
+                if value < incumbent.makespan - 1e-9 - margin:
                     incumbent = Incumbent(head + tail, value, "samullm")
         if not incumbent.stages:
             raise UserInputError("no runnable node fits on the free devices")
@@ -381,7 +417,11 @@ def _initial(coster, state: PlannerState | None):
         if w.node not in names:
             raise UserInputError(f"state: warm engine of unknown node {w.node!r}")
         reps = tuple(tuple(sorted(g)) for g in w.replicas)
-        warm[reps] = Warm(coster.engine_key(w.node), ExecPlan(w.tp, w.dp), w.node)
+        if w.preloaded:
+            for group in reps:  # one engine per replica
+                warm[(group,)] = Warm(coster.engine_key(w.node), ExecPlan(w.tp, 1), w.node, w.ready_in, preload=True)
+        else:
+            warm[reps] = Warm(coster.engine_key(w.node), ExecPlan(w.tp, w.dp), w.node)
     return running, warm
 
 

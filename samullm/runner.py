@@ -62,7 +62,7 @@ from samullm.runtime.apps import AppRt, NodeRt, build_app
 from samullm.runtime.launch import Launch, Replica
 from samullm.runtime.planning import plan_runs, planner_state
 from samullm.runtime.pool import DevicePool
-from samullm.runtime.reconcile import Placement, diff_stage
+from samullm.runtime.reconcile import Placement, diff_stage, stage_placements
 from samullm.runtime.recovery import wait_for_exit
 from samullm.runtime.rows import node_rows, render_prompt
 from samullm.runtime.stages import StageMember
@@ -497,7 +497,7 @@ class Runner:
         if rt.plan is None or rt.cancelled:
             return
         first = rt.plan.first_stage()
-        stage = {sn.node: Placement.from_stage_node(sn) for sn in first.nodes} if first else {}
+        stage = stage_placements(first.nodes) if first else {}
         running = {name: n.launch.placement for name, n in rt.nodes.items() if n.launch and not n.launch.stopping}
         launchable = {name for name, n in rt.nodes.items() if self._launchable(rt, n)}
         for name in list(launchable):

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Action = Literal["start", "continue", "restart", "resume"]
+Action = Literal["start", "continue", "restart", "resume", "preload"]
 
 
 class StageNode(BaseModel):
@@ -20,7 +20,8 @@ class StageNode(BaseModel):
 
     action: start (first launch), continue (same plan and devices as before: no reload, no
       lost work), restart (running, moved to another plan/devices: in-flight requests restart),
-      resume (was paused earlier and starts again).
+      resume (was paused earlier and starts again), preload (its inputs are not ready: its
+      engines load on these devices and wait for them; a later stage launches it there).
     load_seconds: engine start-up paid at the start of the stage (0 for continue and for a warm
       engine reused from a finished node of the same model, plan and devices).
     requests_done_before/after: expected finished requests of the node at the stage's start/end.

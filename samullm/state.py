@@ -22,12 +22,15 @@ class RunningNode(BaseModel):
 
 class WarmEngine(BaseModel):
     """An engine still loaded on `replicas` after node `node` finished; a node with the same
-    model, engine options and plan may take it over without loading."""
+    model, engine options and plan may take it over without loading. `preloaded`: loaded (or
+    loading, `ready_in` seconds from now) for waiting node `node`, before its inputs were ready."""
 
     node: str
     tp: int
     dp: int = 1
     replicas: list[list[int]]
+    preloaded: bool = False
+    ready_in: float = 0.0
 
 
 class ObservedLengths(BaseModel):

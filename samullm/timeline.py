@@ -5,7 +5,10 @@ first finisher; the others carry their unfinished requests on. A node that keeps
 devices (`Keep`) pays nothing and loses nothing; a node (re)launched (`Launch`) pays the engine
 load (unless it takes over a warm engine of the same model, plan and devices left by a finished
 node) and restarts its unfinished requests from scratch (in-flight progress is lost, finished
-requests never). Every search in this package (greedy planner, baselines, exhaustive optimum)
+requests never). A node whose inputs are not ready yet may be preloaded (`Preload`): its
+engines load on free devices during the stage and wait there, as warm engines of that node, one
+per replica; when the node launches, each replica on a preloaded engine starts once that engine
+is loaded (at once if it is), the others pay their load. Any launch on those devices drops them. Every search in this package (greedy planner, baselines, exhaustive optimum)
 and the benchmark's truth executor advance applications with this one class.
 
 Transitions always simulate the requests a launch runs (the search's coster may subsample
@@ -35,7 +38,16 @@ class Launch:
     replicas: Replicas | None = None  # wanted devices (a warm engine's or pinned); else placed
 
 
-Choice = Keep | Launch
+@dataclass(frozen=True)
+class Preload:
+    """Load a waiting node's engines (one per replica of `plan`) on free devices now, to be
+    taken over when its inputs are ready."""
+
+    plan: ExecPlan
+    replicas: Replicas | None = None
+
+
+Choice = Keep | Launch | Preload
 
 
 @dataclass
@@ -87,7 +99,33 @@ class StageRecord:
 class Warm:
     engine_key: str
     plan: ExecPlan
-    node: str = ""  # the finished node that left it
+    node: str = ""  # the finished node that left it, or the waiting node it was preloaded for
+    ready_at: float = 0.0  # when its load ends (a preloaded engine may still be loading)
+    preload: bool = False
+
+
+def uneven_shares(total: int, starts: np.ndarray, rate: float) -> np.ndarray:
+    """Requests per replica so that replicas starting at `starts` (seconds) and running `rate`
+    requests per second each would all finish together: water-filling, rounded to sum `total`."""
+    order = np.sort(starts)
+    finish = order[0] + total / rate
+    for k in range(1, order.size + 1):  # k replicas start before the common finish
+        finish = (total / rate + order[:k].sum()) / k
+        if k == order.size or finish <= order[k]:
+            break
+    exact = np.maximum(0.0, finish - starts) * rate
+    shares = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - shares))[: total - int(shares.sum())]:
+        shares[i] += 1
+    return shares
+
+
+def interleave(shares: np.ndarray) -> np.ndarray:
+    """Replica index per position, each replica's positions spread evenly over the sequence
+    (replica i owns shares[i] of them); equal shares give round robin."""
+    keys = np.concatenate([(np.arange(n) + 0.5) / n for n in shares if n > 0] or [np.zeros(0)])
+    who = np.concatenate([np.full(n, i) for i, n in enumerate(shares) if n > 0] or [np.zeros(0, int)])
+    return who[np.argsort(keys, kind="stable")]
 
 
 class InvalidStage(ValueError):
@@ -153,6 +191,23 @@ class Timeline:
     def busy_devices(self, keep: list[str]) -> set[int]:
         return {d for name in keep for r in self.nodes[name].run.replicas for d in r}
 
+    def preloadable(self) -> list[str]:
+        """Waiting nodes (inputs not ready) that every upstream node is running or finished for."""
+        return [
+            name
+            for name, p in self.nodes.items()
+            if not p.finished and p.run is None
+            and not all(self.nodes[u].finished for u in self.coster.upstream(name))
+            and all(self.nodes[u].finished or self.nodes[u].run is not None for u in self.coster.upstream(name))
+        ]
+
+    def preloaded(self, name: str) -> dict[tuple[int, ...], Warm]:
+        """Engines preloaded for `name`, by replica devices."""
+        return {reps[0]: w for reps, w in self.warm.items() if w.preload and w.node == name}
+
+    def preload_devices(self) -> set[int]:
+        return {d for reps, w in self.warm.items() if w.preload for r in reps for d in r}
+
     def warm_for(self, name: str, plan: ExecPlan) -> list[Replicas]:
         key = self.coster.engine_key(name)
         return [reps for reps, w in self.warm.items() if w.engine_key == key and w.plan == plan]
@@ -177,10 +232,74 @@ class Timeline:
         return ordered, np.maximum(base[: remaining.size], base[skip:] - base[skip - 1])
 
     def load_for(self, name: str, plan: ExecPlan, replicas: Replicas) -> float:
+        return float(self.replica_loads(name, plan, replicas).max(initial=0.0))
+
+    def replica_loads(self, name: str, plan: ExecPlan, replicas: Replicas) -> np.ndarray:
+        """Seconds from now until each replica of a launch on `replicas` can start its requests."""
         w = self.warm.get(replicas)
         if w is not None and w.engine_key == self.coster.engine_key(name) and w.plan == plan:
-            return 0.0
-        return self.coster.load_seconds(name, plan)
+            return np.full(len(replicas), max(0.0, w.ready_at - self.time))
+        cold = self.coster.load_seconds(name, plan)
+        pre = self.preloaded(name)
+        out = np.full(len(replicas), cold)
+        for i, group in enumerate(replicas):
+            p = pre.get(tuple(group))
+            if p is not None and p.plan.tp == plan.tp:
+                out[i] = max(0.0, p.ready_at - self.time)
+        return out
+
+    def estimated_end(self, name: str, plan: ExecPlan) -> float:
+        """When launching `name` now on `plan` would end, its preloaded engines counted (the
+        search's quick estimate: no placement, no simulation beyond the full-set run)."""
+        _, rel = self.launch_times(name, plan, estimate=True)
+        run = float(rel.max(initial=0.0))
+        warm = [self.load_for(name, plan, reps) for reps in self.warm_for(name, plan)]
+        cold = min(warm) if warm else self.coster.load_seconds(name, plan)
+        ready = sorted(max(0.0, w.ready_at - self.time) for w in self.preloaded(name).values() if w.plan.tp == plan.tp)
+        if not ready or cold == 0.0 or rel.size == 0:
+            return self.time + cold + run
+        starts = np.array((ready + [cold] * plan.dp)[: plan.dp])
+        rate = rel.size / plan.dp / max(run, 1e-9)
+        shares = uneven_shares(rel.size, starts, rate)
+        return self.time + float(np.max(np.where(shares > 0, starts + shares / rate, 0.0)))
+
+    def _launch_finishes(self, name: str, plan: ExecPlan, loads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(requests, absolute finish times) of launching `name` now whose replicas start after
+        `loads` seconds. Replicas that start at once get the same share (round robin); when some
+        start sooner (preloaded engines), the shares are sized so that all replicas would finish
+        together at the even split's rate (the runtime splits the rows the same way)."""
+        idx, times = self.launch_times(name, plan)
+        if plan.dp == 1 or idx.size == 0 or float(np.ptp(loads)) < 1e-6:
+            return idx, self.time + loads[0] + times
+        rate = idx.size / plan.dp / max(float(times.max()), 1e-9)  # requests per second per replica
+        shares = uneven_shares(idx.size, loads, rate)
+        finish = np.empty(idx.size)
+        owner = interleave(shares)
+        one = ExecPlan(plan.tp, 1)
+        for i in range(plan.dp):
+            mine = np.flatnonzero(owner == i)
+            if mine.size:
+                finish[mine] = self.time + loads[i] + self.coster.run_times(name, one, idx[mine], self.sample)
+        return idx, finish
+
+    def _with_preloads(self, name: str, plan: ExecPlan, free: set[int]) -> Replicas | None:
+        """Devices for launching `name` that use its preloaded engines first (None: it has none
+        usable); the other replicas are placed on `free` devices."""
+        groups = [g for g, w in self.preloaded(name).items() if w.plan.tp == plan.tp and set(g) <= free]
+        if not groups:
+            return None
+        groups = sorted(groups, key=lambda g: (self.preloaded(name)[g].ready_at, g))[: plan.dp]
+        rest = plan.dp - len(groups)
+        if rest:
+            left = free - {d for g in groups for d in g} - self.preload_devices()
+            extra = place(self.coster.topology, [("x", ExecPlan(plan.tp, rest))], busy=set(range(self.coster.topology.num_devices)) - left)
+            if extra is None:
+                left = free - {d for g in groups for d in g}
+                extra = place(self.coster.topology, [("x", ExecPlan(plan.tp, rest))], busy=set(range(self.coster.topology.num_devices)) - left)
+            if extra is None:
+                return None
+            groups += list(extra["x"])
+        return tuple(sorted(tuple(g) for g in groups))
 
     # --- the transition --------------------------------------------------------------------
 
@@ -189,22 +308,31 @@ class Timeline:
 
         `until` replays a planned stage instead: it ends when all of those members have
         finished (in another sample of lengths, the planned first finisher may not be first)."""
+        preloads = {n: c for n, c in choice.items() if isinstance(c, Preload)}
+        choice = {n: c for n, c in choice.items() if not isinstance(c, Preload)}
         if not choice:
-            raise InvalidStage("a stage needs at least one node")
+            raise InvalidStage("a stage needs at least one runnable node")
         runnable = set(self.runnable())
         for name, c in choice.items():
             if name not in runnable:
                 raise InvalidStage(f"{name} is not runnable")
             if isinstance(c, Keep) and self.nodes[name].run is None:
                 raise InvalidStage(f"{name} is not running, so it cannot keep its plan")
+        for name in preloads:
+            prog = self.nodes[name]
+            ups = self.coster.upstream(name)
+            if (prog.finished or prog.run is not None or name in runnable
+                    or not all(self.nodes[u].finished or u in choice for u in ups)):
+                raise InvalidStage(f"{name} cannot be preloaded: it is runnable, done, or its inputs are not under way")
         keep = [n for n, c in choice.items() if isinstance(c, Keep)]
         launches = {n: c for n, c in choice.items() if isinstance(c, Launch)}
-        prefer = {n: c.replicas for n, c in launches.items() if c.replicas is not None}
+        busy = self.busy_devices(keep)
+        prefer = {n: c.replicas for n, c in {**launches, **preloads}.items() if c.replicas is not None}
         pinned = {n: self.coster.pinned_replicas(n) for n in launches}
         prefer.update({n: r for n, r in pinned.items() if r is not None})
         # A launch with no devices asked for takes over a warm engine of its model and plan
-        # when one is free, as the runtime would.
-        claimed = {d for reps in prefer.values() for r in reps for d in r} | self.busy_devices(keep)
+        # when one is free, as the runtime would, or else its preloaded engines.
+        claimed = {d for reps in prefer.values() for r in reps for d in r} | busy
         for n, c in launches.items():
             if n in prefer:
                 continue
@@ -214,12 +342,19 @@ class Timeline:
                     prefer[n] = reps
                     claimed |= devs
                     break
-        assignment = place(
-            self.coster.topology,
-            [(n, c.plan) for n, c in launches.items()],
-            busy=self.busy_devices(keep),
-            prefer=prefer,
-        )
+            else:
+                reps = self._with_preloads(n, c.plan, set(range(self.coster.topology.num_devices)) - claimed)
+                if reps is not None:
+                    prefer[n] = reps
+                    claimed |= {d for r in reps for d in r}
+        wanted = [(n, c.plan) for n, c in launches.items()] + [(n, c.plan) for n, c in preloads.items()]
+        # Other nodes' preloaded engines are kept when the stage fits elsewhere.
+        assignment = None
+        if self.preload_devices() - claimed:
+            spare = self.preload_devices() - claimed
+            assignment = place(self.coster.topology, wanted, busy=busy | spare, prefer=prefer)
+        if assignment is None:
+            assignment = place(self.coster.topology, wanted, busy=busy, prefer=prefer)
         if assignment is None:
             raise InvalidStage("the stage's plans do not fit on the free devices")
         for n, reps in pinned.items():
@@ -237,15 +372,24 @@ class Timeline:
         for name, c in launches.items():
             prog = self.nodes[name]
             reps = assignment[name]
-            load = self.load_for(name, c.plan, reps)
-            idx, times = self.launch_times(name, c.plan)
-            prog.run = Run(c.plan, reps, self.time, load, idx, self.time + load + times)
+            loads = self.replica_loads(name, c.plan, reps)
+            idx, finish = self._launch_finishes(name, c.plan, loads)
+            prog.run = Run(c.plan, reps, self.time, float(loads.max(initial=0.0)), idx, finish)
             actions[name] = "start" if prog.launches == 0 else ("restart" if name in was_running else "resume")
             prog.launches += 1
         for name in keep:
             actions[name] = "continue"
         used = {d for n in choice for r in self.nodes[n].run.replicas for d in r}
-        self.warm = {reps: w for reps, w in self.warm.items() if not used & {d for r in reps for d in r}}
+        used |= {d for n in preloads for r in assignment[n] for d in r}
+        self.warm = {reps: w for reps, w in self.warm.items()
+                     if not used & {d for r in reps for d in r} and not (w.preload and w.node in launches)}
+        preload_records = {}
+        for name, c in preloads.items():
+            one = ExecPlan(c.plan.tp, 1)
+            load = self.coster.load_seconds(name, one)
+            for group in assignment[name]:
+                self.warm[(tuple(group),)] = Warm(self.coster.engine_key(name), one, name, self.time + load, preload=True)
+            preload_records[name] = MemberRecord(c.plan, assignment[name], "preload", load, 0, 0, False)
 
         ends = {n: self.nodes[n].run.end for n in choice}
         wait_for = [n for n in (until or ()) if n in ends]
@@ -271,6 +415,7 @@ class Timeline:
                 prog.finished = True
                 self.warm[run.replicas] = Warm(self.coster.engine_key(name), run.plan, name)
                 prog.run = None
+        members.update(preload_records)
         record = StageRecord(self.time, end, ender, members)
         self.time = end
         self.records.append(record)

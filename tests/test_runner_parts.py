@@ -13,7 +13,7 @@ from samullm.graph import application_from_dict
 from samullm.planner import PlannerOptions, search
 from samullm.runtime import feedback, jobs
 from samullm.runtime.pool import DevicePool
-from samullm.runtime.reconcile import Placement, diff_stage
+from samullm.runtime.reconcile import Placement, diff_stage, stage_placements
 from samullm.runtime.rows import FILLER, node_rows, render_prompt, with_context
 from samullm.runtime.stages import StageMember, StageTracker
 from samullm.runtime.union import UnionCoster, member_name, split_name, split_schedule
@@ -70,6 +70,18 @@ def test_placement_ignores_replica_and_device_order():
 def test_a_stage_member_that_may_not_run_yet_is_not_launched():
     diff = diff_stage({"judge": P(1, [0])}, {}, launchable=set())
     assert not diff.launch and not diff.stop
+
+
+def test_preload_members_of_a_stage_are_not_run_by_the_runtime():
+    def sn(node, action, replicas):
+        return StageNode(node=node, model="m", tp=1, dp=len(replicas), devices=sorted(d for r in replicas for d in r),
+                         replicas=replicas, action=action, requests_total=4, requests_done_before=0,
+                         requests_done_after=0)
+
+    stage = stage_placements([sn("a", "start", [[0]]), sn("judge", "preload", [[1]])])
+    assert stage == {"a": P(1, [0])}
+    # even if the judge became launchable meanwhile, the preload does not launch it there
+    assert diff_stage(stage, {}, launchable={"a", "judge"}).launch == {"a": P(1, [0])}
 
 
 # --- actual stages -----------------------------------------------------------------------------

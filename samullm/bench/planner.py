@@ -12,6 +12,9 @@ the same events.
 Engine loads: every node start pays its load, as the runtime does (a worker per node); with
 `--engine-reuse`, a node may take over the warm engine a finished node of the same model and
 engine options left on the same devices (every method; the runtime cannot do that yet).
+With `--preload`, SamuLLM's search also tries loading a waiting node's engines on devices a
+stage leaves idle, DP replicas then sharing the rows by when they can start (planner and truth
+only: the runtime cannot run such plans yet); the lower bound then lets loads overlap inputs.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-reuse", action="store_true",
                         help="let a node take over the warm engine a finished node of the same model left "
                              "(for every method; the runtime does not do this yet: off by default)")
+    parser.add_argument("--preload", action="store_true",
+                        help="SamuLLM may preload a waiting node's engines on idle devices (planner and truth only: "
+                             "the runtime cannot run such plans yet; off by default)")
     parser.add_argument("--profiles", help="measured latency rows (default: the shared data's a100_iteration_latency)")
     parser.add_argument("--truth-seed", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="the planner's sampling seed")
@@ -109,18 +115,18 @@ def run(args: argparse.Namespace) -> dict:
         # Planning time as CPU seconds of this process (one core): wall time on a shared
         # machine also counts other processes' turns.
         t0, w0 = time.process_time(), time.perf_counter()
-        initial = plan(app, node, options=PlannerOptions(seed=args.seed),
+        initial = plan(app, node, options=PlannerOptions(seed=args.seed, preload=args.preload),
                        coster=build_coster(app, node, seed=args.seed, resolved=resolved, reuse_engines=reuse))
         planning[wname] = time.process_time() - t0
         planning_wall = time.perf_counter() - w0
 
-        quick_options = PlannerOptions(seed=args.seed, estimate_samples=0)
+        quick_options = PlannerOptions(seed=args.seed, estimate_samples=0, preload=args.preload)
 
         def replan(state, method="samullm", app=app, resolved=resolved, reuse=reuse):
             coster = build_coster(app, node, state, seed=args.seed, resolved=resolved, reuse_engines=reuse)
             return plan(app, node, state, options=quick_options, coster=coster, method=method)
 
-        bounds[wname] = makespan_lower_bound(Timeline.start(truth, 0)).seconds
+        bounds[wname] = makespan_lower_bound(Timeline.start(truth, 0), overlap_loads=args.preload).seconds
         row: dict[str, float] = {}
         out = execute_samullm(truth, replan, probe)
         row["samullm"] = out.makespan

@@ -7,7 +7,9 @@ the same place would only lose work). A running node the stage moves (other TP, 
 devices) is stopped, keeping its finished rows, and launched again where the stage says once
 its old engines have exited; a running node the stage leaves out is paused (stopped; it starts
 again when a later plan includes it). A stage member that is not running is launched when it
-may run (submitted, its upstream done) and its devices are free.
+may run (submitted, its upstream done) and its devices are free. "preload" members (engines
+loaded ahead of a node's inputs, `samullm.timeline.Preload`) are left out: the runtime cannot
+run them yet and its planner does not plan them; such a node starts cold when launched.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class Placement:
     def describe(self) -> str:
         plan = f"TP{self.tp}" + (f"xDP{self.dp}" if self.dp > 1 else "")
         return f"{plan} on devices {list(self.devices)}"
+
+
+def stage_placements(nodes: list[StageNode]) -> dict[str, Placement]:
+    """The members the runtime runs, by node (see the module docstring for "preload")."""
+    return {sn.node: Placement.from_stage_node(sn) for sn in nodes if sn.action != "preload"}
 
 
 @dataclass
