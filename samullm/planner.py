@@ -207,11 +207,8 @@ def with_preloads(tl: Timeline, choice: dict[str, Choice]) -> list[dict[str, Cho
     if idle <= 0:
         return []
     out = []
-    for name, prog in tl.nodes.items():
-        ups = tl.coster.upstream(name)
-        if prog.finished or prog.run is not None or not ups or all(tl.nodes[u].finished for u in ups):
-            continue
-        if not all(tl.nodes[u].finished or u in choice for u in ups):
+    for name in tl.nodes:
+        if not tl.can_preload(name, choice):
             continue
         tp = min(p.tp for p in tl.coster.plans(name))
         if idle // tp:
@@ -307,6 +304,9 @@ def search(
             except InvalidStage:
                 continue
             head = done + [(choice, _finishers(record))]
+            # A preload is a bet on when its inputs will be ready: taken only when predicted to
+            # gain more than the model's own error (trust_margin), like a searched schedule.
+            bet = options.trust_margin if any(isinstance(c, Preload) for c in choice.values()) else 0.0
             for name, policy in policies.items():
                 if name == "throughput" and len(cands) > 1 and choice is not next(iter(cands.values())):
                     continue  # the costly greedy rollout only from the best-throughput stage
@@ -315,10 +315,7 @@ def search(
                     value, tail = _roll(trial, policy)
                 except (UserInputError, InvalidStage):
                     continue
-                # A preload is a bet on when its inputs will be ready: taken only when predicted
-                # to gain more than the model's own error (trust_margin), like a searched schedule.
-                margin = options.trust_margin * incumbent.makespan if any(isinstance(c, Preload) for c in choice.values()) else 0.0
-                if value < incumbent.makespan - 1e-9 - margin:
+                if value < incumbent.makespan * (1.0 - bet) - 1e-9:
                     incumbent = Incumbent(head + tail, value, "samullm")
         if not incumbent.stages:
             raise UserInputError("no runnable node fits on the free devices")

@@ -8,8 +8,9 @@ node) and restarts its unfinished requests from scratch (in-flight progress is l
 requests never). A node whose inputs are not ready yet may be preloaded (`Preload`): its
 engines load on free devices during the stage and wait there, as warm engines of that node, one
 per replica; when the node launches, each replica on a preloaded engine starts once that engine
-is loaded (at once if it is), the others pay their load. Any launch on those devices drops them. Every search in this package (greedy planner, baselines, exhaustive optimum)
-and the benchmark's truth executor advance applications with this one class.
+is loaded (at once if it is), the others pay their load. Any launch on those devices drops them.
+Every search in this package (greedy planner, baselines, exhaustive optimum) and the
+benchmark's truth executor advance applications with this one class.
 
 Transitions always simulate the requests a launch runs (the search's coster may subsample
 large request sets, see `costing`); only candidate scoring estimates launches on partial
@@ -19,6 +20,7 @@ request sets (`launch_times(..., estimate=True)`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,7 +110,6 @@ def uneven_shares(total: int, starts: np.ndarray, rate: float) -> np.ndarray:
     """Requests per replica so that replicas starting at `starts` (seconds) and running `rate`
     requests per second each would all finish together: water-filling, rounded to sum `total`."""
     order = np.sort(starts)
-    finish = order[0] + total / rate
     for k in range(1, order.size + 1):  # k replicas start before the common finish
         finish = (total / rate + order[:k].sum()) / k
         if k == order.size or finish <= order[k]:
@@ -191,15 +192,13 @@ class Timeline:
     def busy_devices(self, keep: list[str]) -> set[int]:
         return {d for name in keep for r in self.nodes[name].run.replicas for d in r}
 
-    def preloadable(self) -> list[str]:
-        """Waiting nodes (inputs not ready) that every upstream node is running or finished for."""
-        return [
-            name
-            for name, p in self.nodes.items()
-            if not p.finished and p.run is None
-            and not all(self.nodes[u].finished for u in self.coster.upstream(name))
-            and all(self.nodes[u].finished or self.nodes[u].run is not None for u in self.coster.upstream(name))
-        ]
+    def can_preload(self, name: str, stage: Iterable[str]) -> bool:
+        """Whether `name` may be preloaded in a stage of `stage` nodes: it waits (not done, not
+        running, some input not ready) and every input is done or produced by that stage."""
+        prog, ups = self.nodes[name], self.coster.upstream(name)
+        if prog.finished or prog.run is not None or all(self.nodes[u].finished for u in ups):
+            return False
+        return all(self.nodes[u].finished or u in stage for u in ups)
 
     def preloaded(self, name: str) -> dict[tuple[int, ...], Warm]:
         """Engines preloaded for `name`, by replica devices."""
@@ -285,20 +284,22 @@ class Timeline:
     def _with_preloads(self, name: str, plan: ExecPlan, free: set[int]) -> Replicas | None:
         """Devices for launching `name` that use its preloaded engines first (None: it has none
         usable); the other replicas are placed on `free` devices."""
-        groups = [g for g, w in self.preloaded(name).items() if w.plan.tp == plan.tp and set(g) <= free]
+        pre = self.preloaded(name)
+        groups = sorted((g for g, w in pre.items() if w.plan.tp == plan.tp and set(g) <= free),
+                        key=lambda g: (pre[g].ready_at, g))[: plan.dp]
         if not groups:
             return None
-        groups = sorted(groups, key=lambda g: (self.preloaded(name)[g].ready_at, g))[: plan.dp]
         rest = plan.dp - len(groups)
         if rest:
-            left = free - {d for g in groups for d in g} - self.preload_devices()
-            extra = place(self.coster.topology, [("x", ExecPlan(plan.tp, rest))], busy=set(range(self.coster.topology.num_devices)) - left)
-            if extra is None:
-                left = free - {d for g in groups for d in g}
-                extra = place(self.coster.topology, [("x", ExecPlan(plan.tp, rest))], busy=set(range(self.coster.topology.num_devices)) - left)
+            left = free - {d for g in groups for d in g}
+            everything = set(range(self.coster.topology.num_devices))
+            wanted = [("rest", ExecPlan(plan.tp, rest))]
+            # other preloaded engines are kept when the rest fits elsewhere
+            extra = (place(self.coster.topology, wanted, busy=everything - (left - self.preload_devices()))
+                     or place(self.coster.topology, wanted, busy=everything - left))
             if extra is None:
                 return None
-            groups += list(extra["x"])
+            groups += list(extra["rest"])
         return tuple(sorted(tuple(g) for g in groups))
 
     # --- the transition --------------------------------------------------------------------
@@ -319,10 +320,7 @@ class Timeline:
             if isinstance(c, Keep) and self.nodes[name].run is None:
                 raise InvalidStage(f"{name} is not running, so it cannot keep its plan")
         for name in preloads:
-            prog = self.nodes[name]
-            ups = self.coster.upstream(name)
-            if (prog.finished or prog.run is not None or name in runnable
-                    or not all(self.nodes[u].finished or u in choice for u in ups)):
+            if not self.can_preload(name, choice):
                 raise InvalidStage(f"{name} cannot be preloaded: it is runnable, done, or its inputs are not under way")
         keep = [n for n, c in choice.items() if isinstance(c, Keep)]
         launches = {n: c for n, c in choice.items() if isinstance(c, Launch)}
@@ -350,8 +348,8 @@ class Timeline:
         wanted = [(n, c.plan) for n, c in launches.items()] + [(n, c.plan) for n, c in preloads.items()]
         # Other nodes' preloaded engines are kept when the stage fits elsewhere.
         assignment = None
-        if self.preload_devices() - claimed:
-            spare = self.preload_devices() - claimed
+        spare = self.preload_devices() - claimed
+        if spare:
             assignment = place(self.coster.topology, wanted, busy=busy | spare, prefer=prefer)
         if assignment is None:
             assignment = place(self.coster.topology, wanted, busy=busy, prefer=prefer)
