@@ -36,7 +36,9 @@ API calls:
   then every active run continues from the store and its part files.
 
 Engine reuse: a worker runs one node and exits, so the planner is told not to count on taking
-over a finished node's warm engine (`reuse_engines=False` in the runtime's coster).
+over a finished node's warm engine (`reuse_engines=False` in the runtime's coster). The worker
+itself can keep its engine and take more rows (`JobSpec.handoff_dir`, `EngineWorker.hand_off`),
+the building block for taking over an engine and for preloading; the runner does not use it yet.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from samullm.worker import EngineWorker, JobSpec, Row, RowResult, SamplingSpec, read_iterations, read_results
+from samullm.worker import EngineWorker, Handoff, JobSpec, Row, RowResult, SamplingSpec, read_iterations, read_results
 from samullm.worker.messages import EXIT_ERROR, EXIT_STOPPED
 from samullm.worker.results import iter_results
 
@@ -141,6 +141,59 @@ def test_stop_keeps_finished_rows_and_restart_runs_only_the_rest(tiny_s, tmp_pat
     assert len(second_records) == finished.iterations
     prompt_tokens = {r.row_id: r.prompt_tokens for r in iter_results(job.result_path)}
     assert sum(x.prefill_tokens for x in second_records) == sum(prompt_tokens[r] for r in missing)
+
+
+def short_rows(prefix: str, n: int) -> list[Row]:
+    return [Row(row_id=f"{prefix}{i}", prompt_token_ids=[5 + (3 * i + j) % 200 for j in range(6 + i % 9)],
+                sampling=SamplingSpec(max_tokens=4 + i % 7, ignore_eos=True)) for i in range(n)]
+
+
+def test_engine_kept_for_handoffs_runs_the_next_rows_without_a_second_load(tiny_s, tmp_path):
+    # Takeover: a node's rows, then the next node's (same model) on the same engine, then exit.
+    job = make_job(tiny_s, tmp_path, short_rows("a", 12), handoff_dir=str(tmp_path / "handoffs"))
+    worker = EngineWorker(job, tmp_path / "w")
+    worker.start()
+    worker.wait_for("loaded", timeout=LOAD_TIMEOUT)
+    assert worker.wait_for("finished", timeout=120).rows_done == 12
+    assert worker.wait_for("waiting", timeout=30).handoff == 1
+    assert worker.is_alive() and worker.terminal.event == "finished"
+
+    second = Handoff(rows=short_rows("b", 9), result_path=str(tmp_path / "b.jsonl"),
+                     iteration_log_path=str(tmp_path / "b-iterations.jsonl"))
+    worker.hand_off(second)
+    started = worker.wait_for("started", timeout=30)
+    assert (started.rows_total, started.rows_done) == (9, 0)
+    finished = worker.wait_for("finished", timeout=120)
+    assert (finished.rows_done, finished.rows_failed) == (9, 0)
+    assert worker.wait_for("waiting", timeout=30).handoff == 2
+    worker.hand_off(Handoff(exit=True))
+    assert worker.wait(timeout=60) == 0
+
+    assert sorted(read_results(job.result_path)) == sorted(f"a{i}" for i in range(12))
+    b_results = read_results(second.result_path)
+    assert sorted(b_results) == sorted(f"b{i}" for i in range(9))
+    assert all(r.output_tokens == 4 + int(k[1:]) % 7 for k, r in b_results.items())
+    assert len(read_iterations(second.iteration_log_path)) == finished.iterations > 0
+    assert sum(isinstance(e, type(worker.loaded)) for e in worker.history) == 1  # one engine load
+
+
+def test_engine_loaded_ahead_of_its_rows_then_idle_worker_ends_itself(tiny_s, tmp_path):
+    # Preloading: no rows yet, the engine loads and waits; rows come later; then nothing more
+    # comes and the worker gives its devices back after idle_timeout_s.
+    job = make_job(tiny_s, tmp_path, [], handoff_dir=str(tmp_path / "handoffs"), idle_timeout_s=3.0)
+    worker = EngineWorker(job, tmp_path / "w")
+    worker.start()
+    assert worker.wait_for("loaded", timeout=LOAD_TIMEOUT).load_s > 0
+    assert worker.wait_for("waiting", timeout=30).handoff == 1
+    worker.hand_off(Handoff(rows=short_rows("c", 7), result_path=str(tmp_path / "c.jsonl")))
+    assert worker.wait_for("finished", timeout=120).rows_done == 7
+    assert worker.wait_for("waiting", timeout=30).handoff == 2
+    processes = tree(worker.pid)
+    stopped = worker.wait_for("stopped", timeout=60)
+    assert "no handoff within 3 s" in stopped.reason
+    assert worker.wait(timeout=60) == EXIT_STOPPED
+    assert all_gone(processes)
+    assert sorted(read_results(str(tmp_path / "c.jsonl"))) == sorted(f"c{i}" for i in range(7))
 
 
 def test_kill_9_loses_no_row_reported_finished(tiny_s, tmp_path):

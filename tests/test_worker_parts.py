@@ -7,7 +7,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from samullm.worker import EngineWorker, JobSpec, Row, RowResult, done_row_ids, read_results
+from samullm.worker import EngineWorker, Handoff, JobSpec, Row, RowResult, done_row_ids, read_results
 from samullm.worker.batch_shape import ScheduledSeq, batch_shape
 from samullm.worker.messages import EXIT_BAD_JOB, IterationRecord, parse_event
 from samullm.worker.results import ResultWriter, read_iterations
@@ -60,6 +60,28 @@ class TestMessages:
         with pytest.raises(ValidationError, match="max_num_seq"):
             JobSpec(rows=[], engine={"max_num_seq": 4}, **base)
 
+    def test_handoff_needs_a_result_path_unless_it_ends_the_worker(self):
+        with pytest.raises(ValidationError, match="result_path"):
+            Handoff(rows=[Row(row_id="a", prompt="x")])
+        with pytest.raises(ValidationError, match="more than once"):
+            Handoff(rows=[Row(row_id="a", prompt="x")] * 2, result_path="r.jsonl")
+        assert Handoff(exit=True).rows == []
+        # A job with no rows is valid: with a handoff_dir it only loads its engine and waits.
+        assert JobSpec(model="m", rows=[], result_path="r.jsonl", handoff_dir="h").idle_timeout_s > 0
+
+    def test_hand_off_writes_numbered_whole_files(self, tmp_path):
+        job = JobSpec(model="m", rows=[], result_path=str(tmp_path / "r.jsonl"), handoff_dir=str(tmp_path / "h"))
+        worker = EngineWorker(job, tmp_path / "w")  # never started: only the files are checked
+        first = worker.hand_off(Handoff(rows=[Row(row_id="a", prompt="x")], result_path=str(tmp_path / "a.jsonl")))
+        second = worker.hand_off(Handoff(exit=True))
+        assert (first.name, second.name) == ("1.json", "2.json")
+        assert sorted(f.name for f in (tmp_path / "h").iterdir()) == ["1.json", "2.json"]  # nothing left aside
+        assert Handoff.model_validate_json(first.read_text()).rows[0].row_id == "a"
+        assert Handoff.model_validate_json(second.read_text()).exit
+        plain = EngineWorker(job.model_copy(update={"handoff_dir": None}), tmp_path / "w2")
+        with pytest.raises(RuntimeError, match="handoff_dir"):
+            plain.hand_off(Handoff(exit=True))
+
     def test_iteration_phase(self):
         fields = dict(step=0, wave=0, start_s=0, iter_latency_s=1, exec_s=1, sample_s=0, schedule_s=0,
                       prefill_attention=0, decode_context=0, decode_max_context=0,
@@ -74,6 +96,8 @@ class TestMessages:
         event = parse_event('{"event": "error", "time": 1.0, "stage": "load", "message": "no model"}')
         assert event.stage == "load" and event.message == "no model"
         assert parse_event(event.model_dump_json()) == event
+        waiting = parse_event('{"event": "waiting", "time": 2.0, "handoff": 3}')
+        assert (waiting.event, waiting.handoff) == ("waiting", 3)
 
 
 class TestResultFile:

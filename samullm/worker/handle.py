@@ -36,7 +36,8 @@ class WorkerTimeout(WorkerError):
 
 
 class EngineWorker:
-    """One engine worker process for one job.
+    """One engine worker process for one job (and, with `job.handoff_dir`, the handoffs it is
+    given: `hand_off`).
 
     workdir holds the job file (job.json) and the worker's log (worker.log).
     env: extra environment variables for the worker (the device binding is the worker's own).
@@ -54,6 +55,8 @@ class EngineWorker:
         self.history: list[m.WorkerEvent] = []  # every event received, in order
         self.loaded: m.Loaded | None = None
         self.terminal: m.Finished | m.Stopped | m.Error | None = None
+        self.handoffs = 0  # handoff files written
+        self._waited = 0  # history events wait_for has looked at
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,7 +132,9 @@ class EngineWorker:
 
     def _note(self, event: m.WorkerEvent) -> None:
         self.history.append(event)
-        if isinstance(event, m.Loaded):
+        if isinstance(event, m.Started):
+            self.terminal = None  # a handoff's rows start: the last word is still to come
+        elif isinstance(event, m.Loaded):
             self.loaded = event
         elif isinstance(event, (m.Finished, m.Stopped, m.Error)):
             self.terminal = event
@@ -138,14 +143,18 @@ class EngineWorker:
         return self._reader is None or not self._reader.is_alive()
 
     def wait_for(self, *kinds: str, timeout: float) -> m.WorkerEvent:
-        """The next event of one of `kinds` (earlier events are still recorded in history).
+        """The next event of one of `kinds` after the last one this returned (events are read in
+        order: one that arrived together with an earlier match is not skipped; the others are
+        still recorded in history).
 
         Raises WorkerError if the worker ends (or reports an error, unless "error" is one of
         the kinds) without sending one, WorkerTimeout after `timeout` seconds.
         """
         deadline = time.monotonic() + timeout
         while True:
-            for event in self.poll_events(timeout=min(0.2, max(0.0, deadline - time.monotonic()))):
+            while self._waited < len(self.history):
+                event = self.history[self._waited]
+                self._waited += 1
                 if event.event in kinds:
                     return event
                 if isinstance(event, m.Error):
@@ -157,6 +166,7 @@ class EngineWorker:
                 )
             if time.monotonic() >= deadline:
                 raise WorkerTimeout(f"no {'/'.join(kinds)} event from worker {self.pid} in {timeout:g} s")
+            self.poll_events(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
 
     def wait(self, timeout: float) -> int:
         """Wait for the worker to exit; its return code. Raises WorkerTimeout."""
@@ -171,6 +181,21 @@ class EngineWorker:
             self._reader.join(timeout=5)
         self.poll_events()
         return code
+
+    # -- handoffs ---------------------------------------------------------------------------
+    def hand_off(self, handoff: m.Handoff) -> Path:
+        """Give a waiting worker (a job with `handoff_dir`) its next rows, or `exit`. The file
+        appears whole (written aside, then renamed), so the worker never reads half of it."""
+        if self.job.handoff_dir is None:
+            raise RuntimeError("this worker's job has no handoff_dir: it exits when its rows are done")
+        folder = Path(self.job.handoff_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.handoffs += 1
+        path = folder / f"{self.handoffs}.json"
+        aside = folder / f".{self.handoffs}.json.tmp"
+        aside.write_text(handoff.model_dump_json())
+        os.replace(aside, path)
+        return path
 
     # -- stopping ---------------------------------------------------------------------------
     def stop(self, timeout: float = 30.0) -> int | None:

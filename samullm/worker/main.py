@@ -5,6 +5,13 @@ result yet (wave by wave), steps the engine, appends each step's finished rows t
 file (flushed and fsynced before the next step), logs every iteration, and reports events as
 JSON lines on the events channel. Exit codes are in messages.py.
 
+Handoffs (`JobSpec.handoff_dir`): instead of exiting when its rows are done, the worker keeps
+its engine and waits (event Waiting) for handoff files 1.json, 2.json, ... (`Handoff`, written
+whole by the parent, `EngineWorker.hand_off`): each brings more rows for the same engine and
+where to write them, or asks it to exit. A job with no rows then only loads the engine: its
+rows can follow once they exist (an engine loaded ahead of its node's inputs), and a finished
+node's engine can run the next node of the same model without a second load.
+
 Stopping: SIGTERM (or the parent process going away) stops it between steps: finished rows are
 kept, unfinished ones are dropped, the engine is shut down explicitly, any process it started
 is killed, and it exits with EXIT_STOPPED. A restart with the same result file runs only the
@@ -139,14 +146,8 @@ class Worker:
         self.iterations = 0
 
     def run(self) -> int:
-        job = self.job
-        done = done_row_ids(job.result_path)
-        todo = [row for row in job.rows if row.row_id not in done]
-        self.rows_done = self.rows_total - len(todo)
-        self.events.send(
-            m.Started(time=time.time(), pid=os.getpid(), rows_total=self.rows_total, rows_done=self.rows_done)
-        )
-        if not todo:
+        todo = self._start_rows()
+        if not todo and self.job.handoff_dir is None:
             return self._finished(0.0)
 
         engine = None
@@ -159,7 +160,7 @@ class Worker:
                 from samullm.worker.engine import SteppedEngine
 
                 t = time.perf_counter()
-                engine = SteppedEngine(job)
+                engine = SteppedEngine(self.job)
                 load_s = time.perf_counter() - t
             except StopRequested:
                 raise
@@ -173,7 +174,18 @@ class Worker:
             self.stop.raise_on_signal = False
             if self.stop.reason:
                 return self._stopped()
-            return self._generate(engine, todo)
+            code = self._generate(engine, todo) if todo else self._finished(0.0)
+            number = 1
+            while code == m.EXIT_FINISHED and self.job.handoff_dir is not None:
+                handoff = self._await_handoff(number)
+                if not isinstance(handoff, m.Handoff):
+                    return handoff  # an exit code
+                number += 1
+                self._take(handoff)
+                engine.not_done.clear()
+                todo = self._start_rows()
+                code = self._generate(engine, todo) if todo else self._finished(0.0)
+            return code
         except StopRequested:
             return self._stopped()
         except Exception as err:  # engine failure mid-run, result file not writable, ...
@@ -187,6 +199,49 @@ class Worker:
                 except Exception as err:  # still kill what it left behind, below
                     traceback.print_exception(err, file=sys.stderr)
             kill_descendants()
+
+    def _start_rows(self) -> list[m.Row]:
+        """The job's rows without a result yet; reports Started."""
+        done = done_row_ids(self.job.result_path)
+        todo = [row for row in self.job.rows if row.row_id not in done]
+        self.rows_total = len(self.job.rows)
+        self.rows_done = self.rows_total - len(todo)
+        self.rows_failed = self.output_tokens = self.iterations = 0
+        self.events.send(
+            m.Started(time=time.time(), pid=os.getpid(), rows_total=self.rows_total, rows_done=self.rows_done)
+        )
+        return todo
+
+    def _await_handoff(self, number: int) -> m.Handoff | int:
+        """Wait for handoff file `number`.json: the handoff, or the exit code to end with (exit
+        asked, stop requested, idle too long, unreadable handoff)."""
+        path = Path(self.job.handoff_dir) / f"{number}.json"
+        self.events.send(m.Waiting(time=time.time(), handoff=number))
+        deadline = time.monotonic() + self.job.idle_timeout_s
+        while not path.exists():
+            if self.stop.reason:
+                return self._stopped()
+            if time.monotonic() >= deadline:
+                self.stop.reason = f"no handoff within {self.job.idle_timeout_s:g} s"
+                return self._stopped()
+            time.sleep(0.05)
+        try:
+            handoff = m.Handoff.model_validate_json(path.read_text())
+        except (OSError, ValidationError) as err:
+            self.events.send(m.Error(time=time.time(), stage="job", message=f"bad handoff {path}: {err}"))
+            return m.EXIT_BAD_JOB
+        if handoff.exit:
+            return m.EXIT_FINISHED
+        return handoff
+
+    def _take(self, handoff: m.Handoff) -> None:
+        """Make the handoff this worker's job: same model, devices and engine, new rows."""
+        self.job = self.job.model_copy(update={
+            "rows": handoff.rows,
+            "sampling": handoff.sampling or self.job.sampling,
+            "result_path": handoff.result_path,
+            "iteration_log_path": handoff.iteration_log_path,
+        })
 
     def _notes(self, engine, todo: list[m.Row]) -> list[str]:
         notes = []

@@ -84,15 +84,46 @@ class JobSpec(_Spec):
     result_path: str
     iteration_log_path: str | None = None
     progress_interval_s: float = Field(default=1.0, gt=0)
+    # Keep the engine once the rows are done and wait for handoffs (`Handoff`, files 1.json,
+    # 2.json, ... in this folder): more rows for the same engine, e.g. the next node of the same
+    # model (no second load), or the rows of a node whose engine was loaded ahead of its inputs
+    # (a job with no rows loads its engine and waits).
+    handoff_dir: str | None = None
+    # A waiting worker ends (Stopped) after this long without a handoff, so that a forgotten
+    # one does not hold its devices forever.
+    idle_timeout_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _unique_rows(self) -> JobSpec:
-        seen: set[str] = set()
-        for row in self.rows:
-            if row.row_id in seen:
-                raise ValueError(f"row id {row.row_id!r} appears more than once")
-            seen.add(row.row_id)
+        _check_unique(self.rows)
         return self
+
+
+class Handoff(_Spec):
+    """More work for a worker that waits with its engine loaded (`JobSpec.handoff_dir`): rows
+    with where to write them, or `exit` to end the worker. The rows run as a job would, with
+    the same model, devices and engine."""
+
+    rows: list[Row] = Field(default_factory=list)
+    sampling: SamplingSpec | None = None  # for rows without their own; None keeps the job's
+    result_path: str | None = None
+    iteration_log_path: str | None = None
+    exit: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> Handoff:
+        if not self.exit and self.result_path is None:
+            raise ValueError("a handoff with rows needs a result_path (or set exit)")
+        _check_unique(self.rows)
+        return self
+
+
+def _check_unique(rows: list[Row]) -> None:
+    seen: set[str] = set()
+    for row in rows:
+        if row.row_id in seen:
+            raise ValueError(f"row id {row.row_id!r} appears more than once")
+        seen.add(row.row_id)
 
 
 FinishReason = Literal["stop", "length", "repetition", "error"]
@@ -184,6 +215,14 @@ class Loaded(_Event):
     notes: list[str] = Field(default_factory=list)  # departures from the job as given
 
 
+class Waiting(_Event):
+    """The rows are done and the engine stays loaded (`JobSpec.handoff_dir`): the worker waits
+    for handoff file `handoff`.json. A handoff with rows starts again with Started."""
+
+    event: Literal["waiting"] = "waiting"
+    handoff: int
+
+
 class Progress(_Event):
     event: Literal["progress"] = "progress"
     rows_done: int
@@ -225,7 +264,7 @@ class Error(_Event):
 
 
 WorkerEvent = Annotated[
-    Started | Loaded | Progress | Finished | Stopped | Error, Field(discriminator="event")
+    Started | Loaded | Waiting | Progress | Finished | Stopped | Error, Field(discriminator="event")
 ]
 TERMINAL_EVENTS = ("finished", "stopped", "error")
 
