@@ -325,15 +325,19 @@ def build_coster(
             except UserInputError:
                 continue  # weights plus one max-length sequence do not fit at this TP
         latency_cache: dict[int, object] = {}
+        load_cache: dict[int, float] = {}  # load_for may read files or the store: once per TP
 
         def latency(tp, spec=spec, cache=latency_cache):
             if tp not in cache:
                 cache[tp] = latency_for(spec, tp, device)
             return cache[tp]
 
-        models[node.name] = ModelCosts(
-            spec, device, max_len, config, latency, lambda tp, spec=spec: float(load_for(spec, tp, device)), blocks
-        )
+        def load(tp, spec=spec, cache=load_cache):
+            if tp not in cache:
+                cache[tp] = float(load_for(spec, tp, device))
+            return cache[tp]
+
+        models[node.name] = ModelCosts(spec, device, max_len, config, latency, load, blocks)
     workloads = Workloads(
         resolved,
         lengths_for or _lengths_for(app, state),

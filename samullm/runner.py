@@ -35,10 +35,10 @@ API calls:
 - Resume: on start, workers a dead runner left are waited for (and killed after a grace period),
   then every active run continues from the store and its part files.
 
-Engine reuse: a worker runs one node and exits, so the planner is told not to count on taking
-over a finished node's warm engine (`reuse_engines=False` in the runtime's coster). The worker
-itself can keep its engine and take more rows (`JobSpec.handoff_dir`, `EngineWorker.hand_off`),
-the building block for taking over an engine and for preloading; the runner does not use it yet.
+Engine reuse: a worker does not exit when its rows are done but waits with its engine loaded;
+a finished node's engines are kept while the plan's first stage has a node of the same model
+and engine options to run on exactly those devices with the same plan, which then takes them
+over without loading (`runtime/warm.py`); the planner counts on that (`reuse_engines`).
 """
 
 from __future__ import annotations
@@ -68,11 +68,12 @@ from samullm.runtime.reconcile import Placement, diff_stage, stage_placements
 from samullm.runtime.recovery import wait_for_exit
 from samullm.runtime.rows import node_rows, render_prompt
 from samullm.runtime.stages import StageMember
+from samullm.runtime.warm import IdleEngine, engine_key, wanted
 from samullm.runtime.status import app_status, app_view, node_status, node_statuses
 from samullm.schedule import Schedule
-from samullm.state import PlannerState
+from samullm.state import PlannerState, WarmEngine
 from samullm.store import Store, utcnow
-from samullm.worker.messages import Loaded, Progress, Row, RowResult
+from samullm.worker.messages import Handoff, Loaded, Progress, Row, RowResult
 from samullm.worker.results import ResultWriter, read_iterations
 
 log = logging.getLogger("samullm.runner")
@@ -94,7 +95,7 @@ class RunnerConfig:
     home: Path
     store_url: str | None = None
     results_uri: str | None = None  # default: <home>/results
-    planner: PlannerOptions = field(default_factory=lambda: PlannerOptions(reuse_engines=False))
+    planner: PlannerOptions = field(default_factory=PlannerOptions)
     max_restarts: int = 2  # engine workers that died without a last word, per node
     load_timeout_s: float = 600.0
     stop_timeout_s: float = 60.0
@@ -102,6 +103,7 @@ class RunnerConfig:
     tick_s: float = 0.25
     cpu_kv_cache_bytes: int = jobs.DEFAULT_CPU_KV_CACHE_BYTES
     progress_interval_s: float = 1.0
+    idle_engine_timeout_s: float = 300.0  # a waiting engine nobody hands rows to ends itself
     resume: bool = True  # continue every active run of the store at start
 
     def __post_init__(self) -> None:
@@ -134,6 +136,8 @@ class Runner:
         self._replan_reasons: list[str] = []
         self._replan_at = 0.0  # no re-plan before (a retry after a failed one)
         self._replan_failures = 0
+        self.idle: list[IdleEngine] = []  # engines finished nodes left loaded (runtime/warm.py)
+        self._idle_serial = 0
         self.started = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -200,6 +204,14 @@ class Runner:
                         r.kill()
                         r.reap()
                 self._end_launch(rt, n, shutdown=True)
+            for engine in self.idle:
+                engine.close()
+            while any(not e.exited() for e in self.idle) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for engine in self.idle:
+                for w in engine.workers:
+                    w.kill()
+            self._tend_idle()
             for rt in self.apps.values():
                 if not rt.done:
                     self.store.close_stages(rt.id)
@@ -433,10 +445,16 @@ class Runner:
     # -- planning -----------------------------------------------------------------------------
 
     def _plan_apps(self, apps: list[AppRt]) -> list[Schedule]:
-        return plan_runs(apps, self.store, self.observations, self.config)
+        return plan_runs(apps, self.store, self.observations, self.config, warm=self._warm_engines)
 
     def _planner_state(self, rt: AppRt) -> PlannerState:
-        return planner_state(rt, self.store, self.observations)
+        return planner_state(rt, self.store, self.observations, self._warm_engines(rt))
+
+    def _warm_engines(self, rt: AppRt) -> list[WarmEngine]:
+        """The run's idle engines, as the planner sees them."""
+        return [WarmEngine(node=e.node, tp=e.placement.tp, dp=e.placement.dp,
+                           replicas=[list(r) for r in e.placement.replicas])
+                for e in self.idle if e.app_run_id == rt.id and not e.closing]
 
     def _store_plans(self, apps: list[AppRt], schedules: list[Schedule], reason: str, other_reason: str | None = None) -> None:
         for i, (rt, schedule) in enumerate(zip(apps, schedules)):
@@ -491,9 +509,44 @@ class Runner:
             self._replan_now(reasons)
         for rt in self._active():
             self._apply_plan(rt)
+        self._tend_idle()
         for rt in self._active():
             self._track_stages(rt)
             self._check_done(rt)
+
+    def _tend_idle(self) -> None:
+        """Free the devices of idle engines that have exited; tell those no plan wants to exit
+        (not while a re-plan is pending: the plan that follows a node's end may want its engine)."""
+        if not self._replan_reasons:
+            by_run = {rt.id: rt for rt in self._active()}
+            for engine in self.idle:
+                rt = by_run.get(engine.app_run_id)
+                if not engine.closing and (rt is None or rt.cancelled or not wanted(engine, self._waiting_members(rt))):
+                    engine.close()
+        for engine in list(self.idle):
+            if not engine.closing and not engine.alive():
+                engine.close()  # one replica ended on its own (idle timeout, crash): not usable
+            if engine.closing and engine.exited():
+                for i, w in enumerate(engine.workers):
+                    try:
+                        w.wait(timeout=15)  # sweeps its process group
+                    except Exception:  # noqa: BLE001
+                        w.kill()
+                    self.pool.release(engine.owner(i))
+                self.idle.remove(engine)
+
+    def _waiting_members(self, rt: AppRt) -> list[tuple[str, Placement]]:
+        """Engine key and placement of the first stage's members that are not running."""
+        first = rt.plan.first_stage() if rt.plan is not None else None
+        if first is None:
+            return []
+        return [(self._engine_key(rt, name), placement) for name, placement in stage_placements(first.nodes).items()
+                if name in rt.nodes and rt.nodes[name].launch is None and rt.nodes[name].state not in TERMINAL]
+
+    def _engine_key(self, rt: AppRt, name: str) -> str:
+        spec = rt.app.node(name)
+        return engine_key(spec.model, jobs.worker_engine_options(spec, self.config.devices.kind,
+                                                                 self.config.cpu_kv_cache_bytes))
 
     def _apply_plan(self, rt: AppRt) -> None:
         if rt.plan is None or rt.cancelled:
@@ -569,15 +622,22 @@ class Runner:
 
     def _try_launch(self, rt: AppRt, n: NodeRt, placement: Placement) -> None:
         owners = [(rt.id, n.name, i) for i in range(placement.dp)]
+        key = self._engine_key(rt, n.name)
+        warm = next((e for e in self.idle if not e.closing and e.app_run_id == rt.id and e.key == key
+                     and e.placement == placement and e.alive()), None)
+        if warm is None:
+            for engine in self.idle:  # an idle engine on these devices makes way
+                if set(engine.placement.devices) & set(placement.devices):
+                    engine.close()
         got = []
         for owner, devices in zip(owners, placement.replicas):
-            if not self.pool.try_acquire(owner, devices):
+            if warm is None and not self.pool.try_acquire(owner, devices):
                 for o in got:
                     self.pool.release(o)
                 return  # its devices are still busy (an engine shutting down): next tick
             got.append(owner)
         try:
-            self._launch(rt, n, placement)
+            self._launch(rt, n, placement, warm)
         except Exception as err:
             for o in owners:
                 self.pool.release(o)
@@ -589,8 +649,9 @@ class Runner:
             log.exception("%s/%s: launch failed", rt.id, n.name)
             self._fail_node(rt, n, f"could not start its engines: {err}")
 
-    def _launch(self, rt: AppRt, n: NodeRt, placement: Placement) -> None:
-        """Start the node's engines on `placement` (its devices are held) for its missing rows."""
+    def _launch(self, rt: AppRt, n: NodeRt, placement: Placement, warm: IdleEngine | None = None) -> None:
+        """Start the node's engines on `placement` (its devices are held, or `warm`'s engines
+        wait there: the node takes them over) for its missing rows."""
         if n.rows is None:
             n.rows = self._node_rows(rt, n)
         checkpoint = rt.checkpoint(n.name)
@@ -609,10 +670,19 @@ class Runner:
             writer.close()
             self.store.record_rows(rt.id, n.name, [r.model_dump() for r in refused], None)
         if not rows:  # nothing left to run (all done before, routed no rows, or all refused)
-            for i in range(placement.dp):
-                self.pool.release((rt.id, n.name, i))
+            if warm is None:
+                for i in range(placement.dp):
+                    self.pool.release((rt.id, n.name, i))
             self._succeed(rt, n, checkpoint.results())
             return
+        if warm is not None and len(rows) < placement.dp:  # a replica would have no rows: start anew
+            warm.close()
+            return
+        if warm is not None:
+            for i, devices in enumerate(placement.replicas):
+                self.pool.release(warm.owner(i))
+                assert self.pool.try_acquire((rt.id, n.name, i), devices)
+            self.idle.remove(warm)
         node_run = self.store.start_node_run(rt.id, n.name, placement.tp, placement.dp, placement.devices,
                                              rows_total=len(n.rows), rows_done=len(n.rows) - len(rows))
         shares = jobs.split_rows([r.row_id for r in rows], placement.dp)
@@ -621,15 +691,23 @@ class Runner:
                         replicas=[Replica(i, devs, share) for i, (devs, share) in enumerate(zip(placement.replicas, shares))])
         n.launch = launch
         for rep in launch.replicas:
-            if rep.rows:  # fewer rows than replicas: the rest stay idle (their devices held)
+            if warm is not None:
+                self._start_replica(rt, n, rep, [by_id[r] for r in rep.rows], warm.workers[rep.index])
+            elif rep.rows:  # fewer rows than replicas: the rest stay idle (their devices held)
                 self._start_replica(rt, n, rep, [by_id[r] for r in rep.rows])
         pids = launch.pids()
         self.store.update_node_run(node_run.id, replicas=[list(r) for r in placement.replicas], pids=pids,
                                    pid=pids[0][0] if pids else None, state="loading")
         self._set_node(rt, n, "loading")
-        log.info("%s/%s: launch %d, %s, %d rows", rt.id, n.name, launch.attempt, placement.describe(), len(rows))
+        if warm is not None:  # loaded already: no Loaded event will come
+            self.store.update_node_run(node_run.id, loaded_at=utcnow(), load_seconds=0.0, state="running")
+            self.store.add_event(node_run.id, "took_over", {"engine_of": warm.node, "pids": [p[0] for p in pids]})
+            self._set_node(rt, n, "running")
+        log.info("%s/%s: launch %d, %s, %d rows%s", rt.id, n.name, launch.attempt, placement.describe(), len(rows),
+                 f", on the engines {warm.node} left" if warm is not None else "")
 
-    def _start_replica(self, rt: AppRt, n: NodeRt, rep: Replica, rows: list[Row]) -> None:
+    def _start_replica(self, rt: AppRt, n: NodeRt, rep: Replica, rows: list[Row], warm_worker=None) -> None:
+        """Start the replica's worker, or hand its rows to `warm_worker` (same engine, waiting)."""
         checkpoint = rt.checkpoint(n.name)
         attempt = n.launch.attempt
         tag = f"{attempt:04d}-{rep.index:02d}-{rep.restarts:02d}"
@@ -639,8 +717,14 @@ class Runner:
             iteration_log_path=str(checkpoint.dir / f"iterations-{tag}.jsonl"),
             cpu_kv_cache_bytes=self.config.cpu_kv_cache_bytes,
             progress_interval_s=self.config.progress_interval_s,
+            handoff_dir=str(checkpoint.dir / f"handoffs-{tag}"),
+            idle_timeout_s=self.config.idle_engine_timeout_s,
         )
-        rep.start(job, checkpoint.dir / f"worker-{tag}")
+        if warm_worker is not None:
+            rep.take_over(warm_worker, Handoff(rows=rows, sampling=job.sampling, result_path=job.result_path,
+                                               iteration_log_path=job.iteration_log_path))
+        else:
+            rep.start(job, checkpoint.dir / f"worker-{tag}")
 
     def _poll_launch(self, rt: AppRt, n: NodeRt, ending: bool = True) -> None:
         launch = n.launch
@@ -655,6 +739,9 @@ class Runner:
                 for event in rep.new_events():
                     self._on_event(rt, n, rep, event)
                 self._record_new_rows(rt, n, rep)
+                self._on_replica_end(rt, n, rep)
+            elif rep.waiting():  # rows done, engine kept: see _end_launch
+                rep.settle_idle()
                 self._on_replica_end(rt, n, rep)
             elif launch.stopping and time.monotonic() - launch.stop_sent_at > self.config.stop_timeout_s:
                 rep.kill()
@@ -751,12 +838,12 @@ class Runner:
     def _end_launch(self, rt: AppRt, n: NodeRt, shutdown: bool = False) -> None:
         launch = n.launch
         n.launch = None
-        for i in range(launch.placement.dp):
-            self.pool.release((rt.id, n.name, i))
         checkpoint = rt.checkpoint(n.name)
         results = checkpoint.results()
         self.store.record_rows(rt.id, n.name, [r.model_dump() for r in results.values()], launch.node_run_id)
         missing = [r for r in (n.rows or []) if r not in results]
+        self._keep_engines(rt, n, launch, keep=not (shutdown or missing or launch.failure or launch.stopping
+                                                     or rt.cancelled))
         outcomes = sorted({r.outcome or "not started" for r in launch.replicas if r.worker is not None})
         self.store.update_node_run(
             launch.node_run_id, ended_at=utcnow(), rows_done=len(results),
@@ -781,6 +868,26 @@ class Runner:
                 self._fail_node(rt, n, f"{len(missing)} rows never finished (outcomes {outcomes})")
             else:
                 self._set_node(rt, n, "waiting")
+
+    def _keep_engines(self, rt: AppRt, n: NodeRt, launch: Launch, keep: bool) -> None:
+        """Free the launch's devices; workers still up with their engine (idle replicas) become
+        one idle engine holding them: kept for a node of the same model if every replica is,
+        else told to exit."""
+        idle = [r for r in launch.replicas if r.idle and r.worker is not None and r.worker.is_alive()]
+        if not idle:
+            for i in range(launch.placement.dp):
+                self.pool.release((rt.id, n.name, i))
+            return
+        self._idle_serial += 1
+        engine = IdleEngine(self._idle_serial, rt.id, n.name, self._engine_key(rt, n.name), launch.placement,
+                            [r.worker for r in idle])
+        for i in range(launch.placement.dp):
+            devices = self.pool.release((rt.id, n.name, i))
+            if launch.replicas[i] in idle:  # held on by the waiting worker
+                assert self.pool.try_acquire(("idle", engine.serial, idle.index(launch.replicas[i])), devices)
+        self.idle.append(engine)
+        if not keep or len(idle) != launch.placement.dp:
+            engine.close()
 
     def _pids_of(self, launch: Launch, rt: AppRt, n: NodeRt) -> list:
         known = next((r for r in self.store.node_runs(rt.id, n.name) if r.id == launch.node_run_id), None)

@@ -214,3 +214,36 @@ def test_a_dp_node_records_its_replicas_run_seconds_for_the_planner(tmp_path, ti
         assert all(e > 0 for e in stats[0].payload["elapsed_s"]) and len(stats[0].payload["elapsed_s"]) == 2
         slowdown = feedback.Observations(runner.store, stats[0].device).replica_slowdowns()[2]
         assert slowdown == pytest.approx(feedback.slowest_over_mean(stats[0].payload)) and slowdown >= 1.0
+
+
+def test_a_node_of_the_same_model_takes_over_the_engine_the_last_one_left(tmp_path, tiny_s):
+    """A chain of two nodes of one model on the same device: the second runs on the engine the
+    first left loaded (one worker, one load); the engine exits once no plan wants it."""
+    import psutil
+
+    config = make_config("cpu", home=str(tmp_path / "home"), tick_s=0.1)
+    node = {"model": str(tiny_s), "plan": {"tp": 1, "devices": [0]}, "engine": {"max_model_len": 128},
+            "sampling": {"max_tokens": 6, "ignore_eos": True}}
+    app = {"name": "chain", "dataset": {"rows": [{"q": f"row {i}"} for i in range(5)]},
+           "nodes": [dict(node, name="first", prompt="{{ q }}"),
+                     dict(node, name="second", prompt="{{ q }} then {{ first }}")]}
+    with Runner(config) as runner:
+        runner.start()
+        runner.register(RegisterApplication(app_run_id="chain", application=app), submit_all=True)
+        assert runner.wait("chain", timeout=TIMEOUT).state == "success"
+        first, second = (runner.store.node_runs("chain", name) for name in ("first", "second"))
+        assert len(first) == len(second) == 1
+        first, second = first[0], second[0]
+        assert first.load_seconds > 0 and second.load_seconds == 0.0
+        assert [p[0] for p in second.pids] == [p[0] for p in first.pids]  # the same worker process
+        kinds = [e.kind for e in runner.store.events(second.id)]
+        assert "took_over" in kinds and "loaded" not in kinds
+        assert [e.payload["engine_of"] for e in runner.store.events(second.id) if e.kind == "took_over"] == ["first"]
+        assert [o.payload["seconds"] > 0 for o in runner.store.observations(str(tiny_s), "load")] == [True]
+        column = read_column(runner.node_status("chain", "second").result_uri)
+        assert [r["row_id"] for r in column] == [str(i) for i in range(5)]
+        assert all(r["output_tokens"] == 6 for r in column)
+        # Nothing wants the engine once the run is over: it exits and gives its device back.
+        wait_until(lambda: not runner.idle, timeout=120, what="the idle engine to exit")
+        assert not psutil.pid_exists(first.pids[0][0]) or psutil.Process(first.pids[0][0]).status() == psutil.STATUS_ZOMBIE
+        assert runner.pool.free() == set(config.devices.device_ids)

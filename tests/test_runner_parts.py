@@ -390,3 +390,52 @@ def test_runtime_coster_applies_cpu_limits_latency_correction_and_start_up(tmp_p
     assert isinstance(learned.latency(1), feedback.ScaledLatency)
     assert learned.latency(1).factor == pytest.approx(min(expected, feedback.FACTOR_BOUNDS[1]))
     store.close()
+
+
+# --- engines kept for the next node of the same model (runtime/warm.py) ----------------------
+
+def _idle_engine(key: str, placement: Placement):
+    from samullm.runtime.warm import IdleEngine
+
+    return IdleEngine(1, "run", "first", key, placement, workers=[])
+
+
+def test_an_idle_engine_is_wanted_only_by_a_waiting_member_of_its_model_and_placement():
+    from samullm.runtime.warm import engine_key, wanted
+    from samullm.worker.messages import EngineOptions
+
+    key = engine_key("m", EngineOptions(max_model_len=128))
+    assert key == engine_key("m", EngineOptions(max_model_len=128))
+    assert key != engine_key("m", EngineOptions(max_model_len=256)) and key != engine_key("n", EngineOptions(max_model_len=128))
+    engine = _idle_engine(key, Placement.of(1, [[1], [0]]))
+    assert wanted(engine, [(key, Placement.of(1, [[0], [1]]))])  # replicas in any order
+    assert not wanted(engine, [(key, Placement.of(2, [[0, 1]]))])  # another plan on the same devices
+    assert not wanted(engine, [(key, Placement.of(1, [[0]]))])  # a part of it
+    assert not wanted(engine, [(engine_key("n", EngineOptions()), Placement.of(1, [[0], [1]]))])
+    assert not wanted(engine, [])
+
+
+def test_a_replica_ends_idle_when_its_worker_has_finished_its_rows_and_waits(tmp_path):
+    import time
+
+    from samullm.runtime.launch import Replica
+    from samullm.worker import EngineWorker, Handoff, JobSpec
+    from samullm.worker.messages import Finished, Started, Waiting
+
+    def finished(total):
+        return Finished(time=time.time(), rows_done=total, rows_total=total, rows_failed=0, output_tokens=total,
+                        iterations=total, elapsed_s=1.0)
+
+    job = JobSpec(model="m", rows=[], result_path=str(tmp_path / "a.jsonl"), handoff_dir=str(tmp_path / "h"))
+    worker = EngineWorker(job, tmp_path / "w")  # never started: its events are set by hand
+    worker.history = [Started(time=0, pid=1, rows_total=2, rows_done=0), finished(2), Waiting(time=0, handoff=1)]
+    rep = Replica(0, (0,), ["x", "y", "z"])
+    rep.take_over(worker, Handoff(rows=[Row(row_id=r, prompt=r) for r in "xyz"], result_path=str(tmp_path / "b.jsonl")))
+    assert (tmp_path / "h" / "1.json").exists() and rep.took_over
+    assert not rep.waiting()  # the earlier node's Finished and Waiting are not this replica's
+    worker.history += [Started(time=0, pid=1, rows_total=3, rows_done=0), finished(3)]
+    assert not rep.waiting()  # finished, but the worker has not said it waits yet
+    worker.history.append(Waiting(time=0, handoff=2))
+    assert rep.waiting()
+    rep.settle_idle()
+    assert (rep.outcome, rep.ended, rep.idle, rep.finished.rows_total) == ("finished", True, True, 3)

@@ -9,9 +9,9 @@ its own cost model (fitted latency, sampled lengths) and re-plans from the truth
 every node finishes, as the runtime does; each baseline is run the same way (its rule deciding
 on the planner's cost model, `samullm run --method NAME`), executed in the truth, re-planned at
 the same events.
-Engine loads: every node start pays its load, as the runtime does (a worker per node); with
-`--engine-reuse`, a node may take over the warm engine a finished node of the same model and
-engine options left on the same devices (every method; the runtime cannot do that yet).
+Engine loads: every node start pays its load, except that a node may take over the engine a
+finished node of the same model and engine options left on the same devices with the same plan,
+as the runtime does (every method; `--no-engine-reuse`: every start pays).
 With `--preload`, SamuLLM's search also tries loading a waiting node's engines on devices a
 stage leaves idle, DP replicas then sharing the rows by when they can start (planner and truth
 only: the runtime cannot run such plans yet); the lower bound then lets loads overlap inputs.
@@ -60,9 +60,9 @@ QUICK = {  # small versions for a fast check (tests use these)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workloads", help="comma-separated workload names (default: all)")
     parser.add_argument("--quick", action="store_true", help="three small workloads (a quick check)")
-    parser.add_argument("--engine-reuse", action="store_true",
-                        help="let a node take over the warm engine a finished node of the same model left "
-                             "(for every method; the runtime does not do this yet: off by default)")
+    parser.add_argument("--no-engine-reuse", dest="engine_reuse", action="store_false",
+                        help="every node start pays its load, even where a finished node of the same model "
+                             "left its engine on the same devices (as the runtime did before it kept engines)")
     parser.add_argument("--preload", action="store_true",
                         help="SamuLLM may preload a waiting node's engines on idle devices (planner and truth only: "
                              "the runtime cannot run such plans yet; off by default)")

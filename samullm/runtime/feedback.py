@@ -264,8 +264,8 @@ def runtime_coster(
     *,
     seed: int = 0,
 ):
-    """The planner's coster for `app` as the runtime will run it: no engine reuse (a worker
-    runs one node), latency corrected per (model, TP) by what was observed on this device,
+    """The planner's coster for `app` as the runtime will run it: a node may take over the
+    engine a finished node of the same model left (runtime/warm.py), latency corrected per (model, TP) by what was observed on this device,
     start-up as observed here when it was, and
     on CPU the engine limits the worker's engines have (block size 128, the KV cache the
     runtime gives them, or what an engine of the same options reported when it loaded).
@@ -295,7 +295,7 @@ def runtime_coster(
 
     slowdowns = observations.replica_slowdowns()  # read once per plan
     coster = build_coster(app, node_spec, state, seed=seed, resolved=resolved, latency_for=latency_for,
-                          load_for=load_for, reuse_engines=False, replica_slowdown=lambda dp: slowdowns.get(dp, 1.0))
+                          load_for=load_for, reuse_engines=True, replica_slowdown=lambda dp: slowdowns.get(dp, 1.0))
     if device.kind != "cpu":
         return coster
     for node in app.nodes:

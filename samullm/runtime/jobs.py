@@ -86,8 +86,11 @@ def make_job(
     iteration_log_path: str,
     cpu_kv_cache_bytes: int = DEFAULT_CPU_KV_CACHE_BYTES,
     progress_interval_s: float = 1.0,
+    handoff_dir: str | None = None,
+    idle_timeout_s: float = 300.0,
 ) -> JobSpec:
-    """The job of one replica: its devices (a TP group), its rows, its part file and log."""
+    """The job of one replica: its devices (a TP group), its rows, its part file and log; with
+    `handoff_dir`, its worker keeps the engine afterwards for more rows (runtime/warm.py)."""
     return JobSpec(
         model=node.model,
         tensor_parallel_size=tp,
@@ -100,6 +103,8 @@ def make_job(
         result_path=result_path,
         iteration_log_path=iteration_log_path,
         progress_interval_s=progress_interval_s,
+        handoff_dir=handoff_dir,
+        idle_timeout_s=idle_timeout_s,
     )
 
 

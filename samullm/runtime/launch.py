@@ -4,7 +4,10 @@ drives them from its loop thread without ever blocking on them.
 A replica is a TP group of devices with its share of the node's rows. Its worker writes a part
 file (`samullm.results`) and an iteration log; the launch tails the part so the store learns
 each finished row within a tick. A replica ends when its process has exited (the handle's
-`wait` then sweeps its process group, so its devices are truly free). How it ended:
+`wait` then sweeps its process group, so its devices are truly free), or when its worker has
+finished the rows and waits with its engine loaded for a handoff (`idle`: the runner then
+keeps that engine for a node of the same model, `runtime/warm.py`, or lets it exit). A replica
+may also start on such a waiting worker (`take_over`) instead of a new one. How it ended:
 
 - "finished": the engine ran out of work;
 - "stopped": the runner asked it to stop (re-plan, cancel, shutdown);
@@ -24,7 +27,7 @@ from pathlib import Path
 from samullm.results import PartTail
 from samullm.runtime.reconcile import Placement
 from samullm.worker.handle import EngineWorker
-from samullm.worker.messages import Error, Finished, JobSpec, Loaded, Stopped, WorkerEvent
+from samullm.worker.messages import Error, Finished, Handoff, JobSpec, Loaded, Stopped, Waiting, WorkerEvent
 
 Outcome = str  # "finished" | "stopped" | "load_error" | "crashed"
 
@@ -46,20 +49,33 @@ class Replica:
     message: str | None = None
     finished: Finished | None = None
     iteration_logs: list[Path] = field(default_factory=list)
+    since: int = 0  # index in worker.history where this replica's work began
+    idle: bool = False  # ended with its worker alive, waiting with its engine loaded
+    took_over: bool = False  # runs on a worker a finished node left, not one of its own
 
     def start(self, job: JobSpec, workdir: Path) -> None:
-        self.worker = EngineWorker(job, workdir)
+        self._begin(EngineWorker(job, workdir), job.result_path, job.iteration_log_path)
         self.worker.start()
-        self.tail = PartTail(job.result_path)
+
+    def take_over(self, worker: EngineWorker, handoff: Handoff) -> None:
+        """Run this replica's rows on `worker`, which waits with the same engine loaded."""
+        self._begin(worker, handoff.result_path, handoff.iteration_log_path)
+        self.loaded = worker.loaded  # no load to wait for
+        self.took_over = True
+        worker.hand_off(handoff)
+
+    def _begin(self, worker: EngineWorker, result_path: str, iteration_log_path: str | None) -> None:
+        self.worker = worker
+        self.tail = PartTail(result_path)
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.loaded = None
         self.finished = None
-        self.seen = 0
-        self.ended = False
+        self.seen = self.since = len(worker.history)
+        self.ended = self.idle = self.took_over = False
         self.outcome = self.message = None
-        if job.iteration_log_path:
-            self.iteration_logs.append(Path(job.iteration_log_path))
+        if iteration_log_path:
+            self.iteration_logs.append(Path(iteration_log_path))
 
     @property
     def alive(self) -> bool:
@@ -76,6 +92,17 @@ class Replica:
 
     def exited(self) -> bool:
         return self.worker is not None and not self.worker.is_alive()
+
+    def waiting(self) -> bool:
+        """Its rows are done and its worker waits for a handoff (events read so far)."""
+        mine = self.worker.history[self.since:] if self.worker is not None else []
+        return bool(mine) and isinstance(mine[-1], Waiting) and any(isinstance(e, Finished) for e in mine)
+
+    def settle_idle(self) -> None:
+        """End this replica as finished while its worker stays up, engine loaded."""
+        mine = self.worker.history[self.since:]
+        self.finished = next(e for e in reversed(mine) if isinstance(e, Finished))
+        self.outcome, self.ended, self.idle = "finished", True, True
 
     def reap(self) -> None:
         """After the process exited: sweep its group, read its last events, classify the end."""
@@ -102,7 +129,7 @@ class Replica:
         self.ended = True
 
     def request_stop(self) -> None:
-        if self.worker is not None and self.worker.is_alive():
+        if self.worker is not None and self.worker.is_alive() and not self.idle:
             try:
                 os.kill(self.worker.pid, signal.SIGTERM)
             except ProcessLookupError:

@@ -3,6 +3,8 @@ the runner's memory, and one plan per run (planned alone, or all active runs tog
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from samullm.api import TERMINAL_NODE_STATES as TERMINAL
 from samullm.planner import plan
 from samullm.runtime import feedback, jobs
@@ -10,13 +12,15 @@ from samullm.runtime.apps import AppRt
 from samullm.runtime.rows import node_rows
 from samullm.runtime.union import UnionCoster, UnionName, member_name, split_schedule
 from samullm.schedule import Schedule
-from samullm.state import ObservedLengths, ObservedStats, PlannerState, RunningNode
+from samullm.state import ObservedLengths, ObservedStats, PlannerState, RunningNode, WarmEngine
 
 
-def planner_state(rt: AppRt, store, observations: feedback.Observations) -> PlannerState:
+def planner_state(rt: AppRt, store, observations: feedback.Observations,
+                  warm: list[WarmEngine] | None = None) -> PlannerState:
     """What the planner must know of a run now: finished nodes, rows done, running engines,
-    output lengths observed here and in earlier runs, per-row outputs, routers' decisions."""
-    state = PlannerState()
+    engines finished nodes left loaded (`warm`, the runner's), output lengths observed here and
+    in earlier runs, per-row outputs, routers' decisions."""
+    state = PlannerState(warm=list(warm or []))
     observed = ObservedStats()
     for name, n in rt.nodes.items():
         if n.state in TERMINAL:
@@ -62,10 +66,11 @@ def run_coster(rt: AppRt, state: PlannerState, observations: feedback.Observatio
     )
 
 
-def plan_runs(apps: list[AppRt], store, observations: feedback.Observations, config) -> list[Schedule]:
+def plan_runs(apps: list[AppRt], store, observations: feedback.Observations, config,
+              warm: Callable[[AppRt], list[WarmEngine]] | None = None) -> list[Schedule]:
     """One schedule per run: planned alone, or all together (see runtime/union.py). `config` is
-    the runner's (node description, devices, planner options)."""
-    states = [planner_state(rt, store, observations) for rt in apps]
+    the runner's (node description, devices, planner options); `warm(run)`: its idle engines."""
+    states = [planner_state(rt, store, observations, warm(rt) if warm else None) for rt in apps]
     costers = [run_coster(rt, s, observations, config) for rt, s in zip(apps, states)]
     methods = {rt.method for rt in apps}
     method = methods.pop() if len(methods) == 1 else "samullm"
@@ -75,6 +80,7 @@ def plan_runs(apps: list[AppRt], store, observations: feedback.Observations, con
     union_state = PlannerState(
         finished=[member_name(i, f) for i, s in enumerate(states) for f in s.finished],
         running=[r.model_copy(update={"node": member_name(i, r.node)}) for i, s in enumerate(states) for r in s.running],
+        warm=[w.model_copy(update={"node": member_name(i, w.node)}) for i, s in enumerate(states) for w in s.warm],
     )
     schedule = plan(UnionName("+".join(rt.app.name for rt in apps)), config.node_spec, union_state,
                     method=method, options=config.planner, coster=UnionCoster(costers))
