@@ -2,7 +2,8 @@
 
 - work: every unfinished node needs at least the device-seconds of its most economical plan
   (its remaining requests, plus the engine load unless a warm engine of its model is there or
-  another unfinished node of the same model may leave one), and there are `num_devices`;
+  another unfinished node of the same model, not one that reads its outputs, may leave one),
+  and there are `num_devices`;
 - critical path: along every dependency chain each node takes at least its fastest plan's
   time (load included on the same terms); with `overlap_loads` (plans may preload a node's
   engines while its inputs are produced) a node's load may overlap its upstream nodes.
@@ -37,6 +38,11 @@ class LowerBounds:
     def __init__(self, tl: Timeline, overlap_loads: bool = False) -> None:
         self.coster = tl.coster
         self.overlap_loads = overlap_loads
+        self.descendants: dict[str, set[str]] = {}  # nodes that need a node's outputs, transitively
+        for name in reversed(self.coster.nodes()):  # topological order, reversed
+            self.descendants.setdefault(name, set())
+            for up in self.coster.upstream(name):
+                self.descendants.setdefault(up, set()).update({name}, self.descendants[name])
 
     def node(self, tl: Timeline, name: str) -> tuple[float, float]:
         t, w, _ = self._node(tl, name, 0.0)
@@ -53,9 +59,12 @@ class LowerBounds:
             best_t, best_w, best_f = left, left * prog.run.plan.num_devices, ready + left
         remaining = prog.remaining()
         key = self.coster.engine_key(name)
-        # Another unfinished node of the same engine may leave a warm engine to take over later.
+        # Another unfinished node of the same engine may leave a warm engine to take over later,
+        # unless it needs this node's outputs (it cannot finish before this node starts: the
+        # first summariser of a chain of one model pays its load).
         shared = any(
             other != name and not p.finished and self.coster.engine_key(other) == key
+            and other not in self.descendants[name]
             for other, p in tl.nodes.items()
         )
         for plan in self.coster.plans(name):

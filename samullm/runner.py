@@ -515,13 +515,14 @@ class Runner:
             self._check_done(rt)
 
     def _tend_idle(self) -> None:
-        """Free the devices of idle engines that have exited; tell those no plan wants to exit
-        (not while a re-plan is pending: the plan that follows a node's end may want its engine)."""
+        """Free the devices of idle engines that have exited; tell those the plan does not hand
+        to a node to exit (not while a re-plan is pending: the plan that follows a node's end may
+        want its engine)."""
         if not self._replan_reasons:
             by_run = {rt.id: rt for rt in self._active()}
             for engine in self.idle:
                 rt = by_run.get(engine.app_run_id)
-                if not engine.closing and (rt is None or rt.cancelled or not wanted(engine, self._waiting_members(rt))):
+                if not engine.closing and (rt is None or rt.cancelled or not wanted(engine, self._planned_members(rt))):
                     engine.close()
         for engine in list(self.idle):
             if not engine.closing and not engine.alive():
@@ -535,13 +536,16 @@ class Runner:
                     self.pool.release(engine.owner(i))
                 self.idle.remove(engine)
 
-    def _waiting_members(self, rt: AppRt) -> list[tuple[str, Placement]]:
-        """Engine key and placement of the first stage's members that are not running."""
-        first = rt.plan.first_stage() if rt.plan is not None else None
-        if first is None:
+    def _planned_members(self, rt: AppRt) -> list[list[tuple[str, Placement, bool]]]:
+        """Per stage of the current plan: each member's engine key, placement and whether the
+        stage launches it (any action but "continue"; preloads are not run, see reconcile).
+        Nodes that have ended since the plan was made are left out."""
+        if rt.plan is None:
             return []
-        return [(self._engine_key(rt, name), placement) for name, placement in stage_placements(first.nodes).items()
-                if name in rt.nodes and rt.nodes[name].launch is None and rt.nodes[name].state not in TERMINAL]
+        return [[(self._engine_key(rt, sn.node), Placement.from_stage_node(sn), sn.action != "continue")
+                 for sn in stage.nodes
+                 if sn.action != "preload" and sn.node in rt.nodes and rt.nodes[sn.node].state not in TERMINAL]
+                for stage in rt.plan.stages]
 
     def _engine_key(self, rt: AppRt, name: str) -> str:
         spec = rt.app.node(name)
@@ -970,6 +974,8 @@ class Runner:
     def _check_done(self, rt: AppRt) -> None:
         if rt.done or any(n.state not in TERMINAL or n.launch is not None for n in rt.nodes.values()):
             return
+        if any(e.app_run_id == rt.id for e in self.idle):
+            return  # a run ends with its engines gone and its devices free (_tend_idle)
         failed = {name: n.error for name, n in rt.nodes.items() if n.state == "failed"}
         if rt.cancelled or any(n.state == "cancelled" for n in rt.nodes.values()):
             state, error = "cancelled", None

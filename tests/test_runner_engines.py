@@ -247,3 +247,31 @@ def test_a_node_of_the_same_model_takes_over_the_engine_the_last_one_left(tmp_pa
         wait_until(lambda: not runner.idle, timeout=120, what="the idle engine to exit")
         assert not psutil.pid_exists(first.pids[0][0]) or psutil.Process(first.pids[0][0]).status() == psutil.STATUS_ZOMBIE
         assert runner.pool.free() == set(config.devices.device_ids)
+
+
+def test_an_engine_waits_for_the_node_a_later_stage_runs_on_it(tmp_path, tiny_s, tiny_model_dir):
+    """A judge of the ensemble member a's model, planned on a's device once b is done: a's engine
+    waits through b's stage (its device is not needed meanwhile) and the judge takes it over."""
+    config = make_config("cpu", home=str(tmp_path / "home"), tick_s=0.1)
+    two_devices(config)
+    engine = {"max_model_len": 256, "max_num_seqs": 2}
+    rows = [{"q": f"question {i}"} for i in range(12)]
+    app = {"name": "judged", "dataset": {"rows": rows}, "nodes": [
+        {"name": "a", "model": str(tiny_s), "prompt": "{{ q }}", "plan": {"tp": 1, "devices": [0]}, "engine": engine,
+         "sampling": {"max_tokens": 4, "ignore_eos": True}},
+        {"name": "b", "model": str(tiny_model_dir("tiny-m")), "prompt": "{{ q }}", "plan": {"tp": 1, "devices": [1]},
+         "engine": {"max_model_len": 256, "max_num_seqs": 1},  # one row at a time: b ends well after a
+         "sampling": {"max_tokens": 240, "ignore_eos": True}},
+        {"name": "judge", "model": str(tiny_s), "prompt": "{{ q }} 1: {{ a }} 2: {{ b }}",
+         "plan": {"tp": 1, "devices": [0]}, "engine": engine, "sampling": {"max_tokens": 4, "ignore_eos": True}},
+    ]}
+    with Runner(config) as runner:
+        runner.start()
+        runner.register(RegisterApplication(app_run_id="judged", application=app), submit_all=True)
+        assert runner.wait("judged", timeout=TIMEOUT).state == "success"
+        a, b, judge = (runner.store.node_runs("judged", name)[0] for name in ("a", "b", "judge"))
+        assert a.ended_at < b.ended_at  # a's engine had to wait for b
+        assert judge.load_seconds == 0.0 and [p[0] for p in judge.pids] == [p[0] for p in a.pids]
+        assert [e.payload["engine_of"] for e in runner.store.events(judge.id) if e.kind == "took_over"] == ["a"]
+        assert len(read_column(runner.node_status("judged", "judge").result_uri)) == 12
+        wait_until(lambda: not runner.idle, timeout=120, what="the idle engine to exit")

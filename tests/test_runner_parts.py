@@ -400,19 +400,23 @@ def _idle_engine(key: str, placement: Placement):
     return IdleEngine(1, "run", "first", key, placement, workers=[])
 
 
-def test_an_idle_engine_is_wanted_only_by_a_waiting_member_of_its_model_and_placement():
+def test_an_idle_engine_is_kept_only_for_a_node_the_plan_runs_on_it_before_its_devices_serve_another():
     from samullm.runtime.warm import engine_key, wanted
     from samullm.worker.messages import EngineOptions
 
     key = engine_key("m", EngineOptions(max_model_len=128))
     assert key == engine_key("m", EngineOptions(max_model_len=128))
     assert key != engine_key("m", EngineOptions(max_model_len=256)) and key != engine_key("n", EngineOptions(max_model_len=128))
+    other = engine_key("n", EngineOptions())
     engine = _idle_engine(key, Placement.of(1, [[1], [0]]))
-    assert wanted(engine, [(key, Placement.of(1, [[0], [1]]))])  # replicas in any order
-    assert not wanted(engine, [(key, Placement.of(2, [[0, 1]]))])  # another plan on the same devices
-    assert not wanted(engine, [(key, Placement.of(1, [[0]]))])  # a part of it
-    assert not wanted(engine, [(engine_key("n", EngineOptions()), Placement.of(1, [[0], [1]]))])
-    assert not wanted(engine, [])
+    same, elsewhere = Placement.of(1, [[0], [1]]), Placement.of(1, [[2]])
+    assert wanted(engine, [[(key, same, True)]])  # replicas in any order
+    assert wanted(engine, [[(other, elsewhere, True)], [(key, same, True)]])  # a later stage, devices untouched before
+    assert not wanted(engine, [[(other, Placement.of(1, [[0]]), True)], [(key, same, True)]])  # device 0 serves n first
+    assert not wanted(engine, [[(key, Placement.of(2, [[0, 1]]), True)]])  # another plan on the same devices
+    assert not wanted(engine, [[(key, Placement.of(1, [[0]]), True)]])  # a part of it
+    assert not wanted(engine, [[(other, same, True)]])
+    assert not wanted(engine, [[(other, elsewhere, True)]]) and not wanted(engine, [])
 
 
 def test_a_replica_ends_idle_when_its_worker_has_finished_its_rows_and_waits(tmp_path):

@@ -8,8 +8,9 @@ warm engine (`state.WarmEngine`); the planner counts no load for a node of the s
 engine options that it places on exactly those devices with the same plan (the runtime's
 coster has `reuse_engines` on). If the next plan launches such a node there, its rows are
 handed to the waiting workers; otherwise the engine is told to exit and its devices are freed
-once its processes are gone. Idle engines are kept only while a plan's first stage wants one
-(`wanted`), so none waits for nothing; a worker also ends itself after its idle timeout.
+once its processes are gone. An idle engine is kept only while the plan has a node take it
+over before anything else needs its devices (`wanted`), so none waits for nothing; a worker
+also ends itself after its idle timeout.
 """
 
 from __future__ import annotations
@@ -59,7 +60,16 @@ class IdleEngine:
                     w.kill()
 
 
-def wanted(engine: IdleEngine, members: Iterable[tuple[str, Placement]]) -> bool:
-    """Whether one of `members` (engine key and placement of the stage members not running yet)
-    would run on this engine as it is."""
-    return any(key == engine.key and placement == engine.placement for key, placement in members)
+def wanted(engine: IdleEngine, stages: Iterable[Iterable[tuple[str, Placement, bool]]]) -> bool:
+    """Whether the plan's stages (each member as engine key, placement, and whether the stage
+    launches it) run a node on this engine as it is: the first stage that uses any of its
+    devices launches a node of its key on exactly its placement. (A warm engine stays until
+    something else needs its devices, as the planner's timeline assumes.)"""
+    devices = set(engine.placement.devices)
+    for members in stages:
+        touching = [(key, placement, launch) for key, placement, launch in members
+                    if devices & set(placement.devices)]
+        if touching:
+            return any(launch and key == engine.key and placement == engine.placement
+                       for key, placement, launch in touching)
+    return False
