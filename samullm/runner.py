@@ -36,9 +36,9 @@ API calls:
   then every active run continues from the store and its part files.
 
 Engine reuse: a worker does not exit when its rows are done but waits with its engine loaded;
-a finished node's engines are kept while the plan's first stage has a node of the same model
-and engine options to run on exactly those devices with the same plan, which then takes them
-over without loading (`runtime/warm.py`); the planner counts on that (`reuse_engines`).
+a finished node's engines are kept while the plan's next use of their devices is a node of the
+same model and engine options on exactly those devices with the same plan, which then takes
+them over without loading (`runtime/warm.py`); the planner counts on that (`reuse_engines`).
 """
 
 from __future__ import annotations
