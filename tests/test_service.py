@@ -149,7 +149,8 @@ def test_runner_process_serves_runs_and_reports_an_engine_that_cannot_start(tmp_
             RunnerClient(url, None).apps()
         app = {
             "name": "svc",
-            "dataset": {"rows": [{"q": f"q{i}"} for i in range(5)]},
+            # 24 rows: "long" (one row at a time, 100 tokens each) must still run when the runner stops
+            "dataset": {"rows": [{"q": f"q{i}"} for i in range(24)]},
             "nodes": [
                 {"name": "good", "model": str(tiny_s), "prompt": "{{ q }} {{ suffix }}",
                  "sampling": {"max_tokens": 5, "ignore_eos": True}, "engine": {"max_model_len": 128}},
@@ -164,9 +165,9 @@ def test_runner_process_serves_runs_and_reports_an_engine_that_cannot_start(tmp_
         client.submit("dag.svc1", "broken")
         good = client.wait_node("dag.svc1", "good", timeout=600)
         broken = client.wait_node("dag.svc1", "broken", timeout=600)
-        assert good.state == "success" and good.rows_done == 5, good.error
+        assert good.state == "success" and good.rows_done == 24, good.error
         manifest = read_manifest(good.manifest_uri)
-        assert manifest.rows == 5 and len(read_column(manifest.uri)) == 5
+        assert manifest.rows == 24 and len(read_column(manifest.uri)) == 24
         assert read_column(manifest.uri)[0]["prompt_tokens"] > 0
         assert broken.state == "failed" and "engine failed to start" in broken.error
         # Workers exit once their node is done and no plan hands their engine to another node
