@@ -634,8 +634,8 @@ class Runner:
                 if set(engine.placement.devices) & set(placement.devices):
                     engine.close()
         got = []
-        for owner, devices in zip(owners, placement.replicas):
-            if warm is None and not self.pool.try_acquire(owner, devices):
+        for owner, devices in zip(owners, placement.replicas if warm is None else ()):
+            if not self.pool.try_acquire(owner, devices):
                 for o in got:
                     self.pool.release(o)
                 return  # its devices are still busy (an engine shutting down): next tick
@@ -683,9 +683,8 @@ class Runner:
             warm.close()
             return
         if warm is not None:
-            for i, devices in enumerate(placement.replicas):
-                self.pool.release(warm.owner(i))
-                assert self.pool.try_acquire((rt.id, n.name, i), devices)
+            for i in range(placement.dp):
+                self.pool.transfer(warm.owner(i), (rt.id, n.name, i))
             self.idle.remove(warm)
         node_run = self.store.start_node_run(rt.id, n.name, placement.tp, placement.dp, placement.devices,
                                              rows_total=len(n.rows), rows_done=len(n.rows) - len(rows))
@@ -885,10 +884,11 @@ class Runner:
         self._idle_serial += 1
         engine = IdleEngine(self._idle_serial, rt.id, n.name, self._engine_key(rt, n.name), launch.placement,
                             [r.worker for r in idle])
-        for i in range(launch.placement.dp):
-            devices = self.pool.release((rt.id, n.name, i))
-            if launch.replicas[i] in idle:  # held on by the waiting worker
-                assert self.pool.try_acquire(("idle", engine.serial, idle.index(launch.replicas[i])), devices)
+        for i, rep in enumerate(launch.replicas):
+            if rep.idle and rep.worker in engine.workers:  # held on by the waiting worker
+                self.pool.transfer((rt.id, n.name, i), engine.owner(engine.workers.index(rep.worker)))
+            else:
+                self.pool.release((rt.id, n.name, i))
         self.idle.append(engine)
         if not keep or len(idle) != launch.placement.dp:
             engine.close()

@@ -40,6 +40,14 @@ def test_pool_never_books_a_device_twice():
         pool.try_acquire("c", [7])
 
 
+def test_pool_hands_devices_over_without_freeing_them():
+    pool = DevicePool([0, 1, 2])
+    assert pool.try_acquire("node", [0, 1])
+    assert pool.transfer("node", "idle engine") == {0, 1}
+    assert pool.busy() == {0: "idle engine", 1: "idle engine"} and pool.held_by("node") == set()
+    assert not pool.try_acquire("other", [1])
+
+
 # --- applying stages[0] ------------------------------------------------------------------------
 
 

@@ -265,7 +265,8 @@ def runtime_coster(
     seed: int = 0,
 ):
     """The planner's coster for `app` as the runtime will run it: a node may take over the
-    engine a finished node of the same model left (runtime/warm.py), latency corrected per (model, TP) by what was observed on this device,
+    engine a finished node of the same model left (runtime/warm.py), latency corrected per
+    (model, TP) by what was observed on this device,
     start-up as observed here when it was, and
     on CPU the engine limits the worker's engines have (block size 128, the KV cache the
     runtime gives them, or what an engine of the same options reported when it loaded).

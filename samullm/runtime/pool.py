@@ -46,3 +46,10 @@ class DevicePool:
         for d in mine:
             del self._holder[d]
         return mine
+
+    def transfer(self, owner: Hashable, new_owner: Hashable) -> set[int]:
+        """Hand every device `owner` holds to `new_owner` (no moment when they are free)."""
+        mine = self.held_by(owner)
+        for d in mine:
+            self._holder[d] = new_owner
+        return mine
